@@ -1,0 +1,52 @@
+"""The ``agentropy`` command: one sub-command per module in ``agentropy/commands/``.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are
+imported only when their command runs, so ``agentropy play`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: command name -> (module under agentropy.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "play": ("play", "play an environment in the terminal, or watch the expert"),
+    "make-model": ("make_model", "build the tiny offline model and tokenizer"),
+    "train": ("train", "run SFT warm start and RL from a YAML config"),
+    "eval": ("evaluate", "evaluate a model on an environment split"),
+    "bench": ("bench", "run a strategy x env x seed benchmark matrix and write a report"),
+    "analyze": ("analyze", "measure entropy dynamics of bench runs against the papers' claims"),
+    "serve-model": ("serve_model", "serve a model over an OpenAI-compatible completions API"),
+    "serve-search": ("serve_search", "run the local search service for Search-v0"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentropy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"agentropy.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"agentropy.commands.{module_name}":
+                continue  # command not shipped in this build
+            raise
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_module", None):
+        parser.print_help()
+        return 2
+    return int(args._module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

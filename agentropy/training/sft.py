@@ -1,0 +1,149 @@
+"""SFT warm start: imitate an env's expert so a tiny model starts RL with non-zero success.
+
+Demonstrations come from any env that reports ``info["expert_action"]``. With
+``action_noise > 0`` the *executed* action is sometimes a random admissible one while the
+*label* stays the expert's action for the state reached, so the model also learns to
+recover from states the expert alone would never visit (DAgger-style states, expert labels).
+Each turn becomes one sample exactly as in RL: the rendered prompt, then the reply
+``<action>expert action</action>`` followed by EOS; the loss covers the reply tokens only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentropy.agents.prompts import PromptConfig, Turn, build_prompt_ids
+from agentropy.envs.registry import make_env
+
+
+@dataclass
+class SFTConfig:
+    """SFT warm start on expert demonstrations."""
+
+    enabled: bool = True  # run SFT before RL (skipped on resume)
+    episodes: int = 200  # expert episodes collected from the train split
+    epochs: int = 2  # passes over the collected turns
+    lr: float = 1e-3  # AdamW learning rate for SFT
+    batch_size: int = 32  # turns per optimizer step
+    action_noise: float = 0.1  # probability of executing a random admissible action instead of the expert's
+    max_turns: int = 50  # cap on demonstration length
+    seed: int = 0  # seeds task sampling and noise
+    weight_decay: float = 0.0  # AdamW weight decay
+
+
+def format_reply(action: str, tag: str = "action") -> str:
+    """The reply text the agent is trained to produce for ``action``."""
+    return f"<{tag}>{action}</{tag}>"
+
+
+def reply_ids(tokenizer: Any, action: str, tag: str = "action") -> list[int]:
+    """Token ids of the reply for ``action``, ending with EOS (what generation stops on)."""
+    ids = tokenizer.encode(format_reply(action, tag), add_special_tokens=False)
+    return [*ids, tokenizer.eos_token_id]
+
+
+def collect_demonstrations(
+    env_id: str,
+    env_kwargs: dict[str, Any],
+    tokenizer: Any,
+    prompt_cfg: PromptConfig,
+    cfg: SFTConfig,
+    split: str = "train",
+) -> tuple[list[tuple[list[int], list[int]]], dict[str, float]]:
+    """Play the expert (with action noise) and return ``(prompt_ids, reply_ids)`` pairs."""
+    rng = random.Random(cfg.seed)
+    env = make_env(env_id, **env_kwargs)
+    pairs: list[tuple[list[int], list[int]]] = []
+    wins = 0
+    try:
+        for episode in range(cfg.episodes):
+            obs, info = env.reset(seed=cfg.seed * 100_003 + episode, options={"split": split})
+            task = info.get("task", "")
+            history: list[Turn] = []
+            for _ in range(cfg.max_turns):
+                expert = info.get("expert_action")
+                if not expert:
+                    break
+                admissible = info.get("admissible_actions") or []
+                prompt = build_prompt_ids(tokenizer, prompt_cfg, task, history, obs, admissible)
+                pairs.append((prompt, reply_ids(tokenizer, expert, prompt_cfg.action_tag)))
+                action = expert
+                if admissible and rng.random() < cfg.action_noise:
+                    action = rng.choice(admissible)
+                history.append(Turn(observation=obs, action=action))
+                obs, _, terminated, truncated, info = env.step(action)
+                if terminated or truncated:
+                    wins += int(bool(info.get("won")))
+                    break
+    finally:
+        env.close()
+    return pairs, {"sft/demo_turns": float(len(pairs)), "sft/demo_success": wins / max(1, cfg.episodes)}
+
+
+def _pad_batch(
+    pairs: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 outside replies)."""
+    length = max(len(p) + len(r) for p, r in pairs)
+    input_ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(pairs), length), dtype=torch.long)
+    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    for i, (prompt, reply) in enumerate(pairs):
+        seq = prompt + reply
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        labels[i, len(prompt) : len(seq)] = torch.tensor(reply)
+    return input_ids.to(device), attention.to(device), labels.to(device)
+
+
+def sft_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over reply tokens (labels != -100)."""
+    logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
+    )
+
+
+def train_sft(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    pairs: list[tuple[list[int], list[int]]],
+    cfg: SFTConfig,
+    accelerator: Any = None,
+    progress: Any = None,
+) -> dict[str, float]:
+    """Fit ``model`` to the demonstration pairs; returns the final mean loss and step count."""
+    if not pairs:
+        raise ValueError("SFT got no demonstrations: does the env report info['expert_action']?")
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = random.Random(cfg.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.train()
+    steps_per_epoch = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
+    task = progress.add_task("SFT", total=cfg.epochs * steps_per_epoch) if progress is not None else None
+    losses: list[float] = []
+    for _ in range(cfg.epochs):
+        order = list(range(len(pairs)))
+        rng.shuffle(order)
+        for start in range(0, len(order), cfg.batch_size):
+            batch = [pairs[i] for i in order[start : start + cfg.batch_size]]
+            loss = sft_loss(model, *_pad_batch(batch, pad_id, device))
+            optimizer.zero_grad(set_to_none=True)
+            if accelerator is not None:
+                accelerator.backward(loss)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            if task is not None:
+                progress.update(task, advance=1, description=f"SFT loss {loss.item():.3f}")
+    model.eval()
+    tail = losses[-steps_per_epoch:]
+    return {"sft/loss": sum(tail) / len(tail), "sft/steps": float(len(losses))}
