@@ -1,0 +1,346 @@
+"""Configuration of the policy loss, the advantage estimator and the entropy strategies.
+
+One dataclass per method block; every constant of ALGORITHMS.md is a field whose default is
+the documented one (section in the comment). A strategy is configuration, not a subclass
+(DESIGN.md): any subset of blocks may be enabled, and the trainer applies them in the order
+of ALGORITHMS.md 6.2. :meth:`StrategyConfig.validate` turns the conflict resolutions of 6.3
+into checks: contradictory settings raise, risky-but-legal ones come back as warnings.
+
+In a YAML config the block lives under ``strategy:``; the shipped
+``configs/strategies/*.yaml`` hold only overrides of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+@dataclass
+class PolicyLossConfig:
+    """The on-policy surrogate (ALGORITHMS.md 0.4, 1.1-1.3)."""
+
+    clip_low: float = 0.2  # eps_l: ratio held >= 1 - eps_l for A < 0 (1.1)
+    clip_high: float = 0.2  # eps_h: ratio held <= 1 + eps_h for A > 0; 0.28 = DAPO clip-higher (1.3)
+    dual_clip: float | None = 3.0  # dual clip c for A < 0 (verl 3; SPEAR/Clip-Cov scripts 10); null = off
+    agg: AggMode = "token-mean"  # loss aggregation mode for every term (0.4, 6.3 C13)
+    agg_max_len: int | None = None  # L_max of seq-mean-token-sum-norm; null = padded reply length (0.4)
+    kl_coef: float = 0.0  # weight of the k3 KL to the reference policy; 0 = no reference model (1.2, 6.3 C12)
+    entropy_coef: float = 0.0  # plain token-mean entropy bonus (verl entropy_coeff); EPO has its own
+
+
+@dataclass
+class AdvantageConfig:
+    """Base advantage: GRPO (1.2) or GiGPO (1.4)."""
+
+    estimator: Literal["grpo", "gigpo"] = "grpo"  # base estimator (6.2 step 3)
+    norm_by_std: bool = True  # GRPO divides by the group std; false = Dr.GRPO / Dr.BoT (1.2)
+    eps: float = 1e-6  # epsilon added to the std (1.2, 1.4)
+    # group statistics over step-samples (verl-agent) or over trajectories (1.2)
+    episode_stats: Literal["all_steps", "per_trajectory"] = "all_steps"
+    gamma: float = 0.95  # GiGPO step-return discount (1.4)
+    omega: float = 1.0  # GiGPO step-advantage weight, step_advantage_w (1.4)
+    mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm"  # GiGPO normalisation F (1.4)
+    # GiGPO with AEPO branches: how copies of a shared prefix step count (6.3 C7)
+    shared_prefix: Literal["none", "once", "episode_only"] = "none"
+
+
+@dataclass
+class EPOConfig:
+    """EPO: trajectory entropy bonus + corridor hinge against the per-turn history (2(b))."""
+
+    enabled: bool = False  # turn EPO on
+    entropy_coef: float = 1e-3  # lambda, the weight of [L^H - beta_k L^smooth] (2(d))
+    kappa_l: float = 0.0  # corridor floor, x the reference; 0 = no floor (reported runs, 6.3 C3)
+    kappa_r: float = 2.0  # corridor ceiling, x the reference (reported runs)
+    alpha: float = 0.1  # hinge weight (ALFWorld 0.1, ScienceWorld 0.05); theory wants alpha * beta_max < 1
+    gamma: float = 3.0  # decay of beta_k = 1 + exp(-gamma k / k_mid) (2(b))
+    mode: Literal["token", "seq"] = "token"  # hinge on each token or on each row's mean entropy (2(f))
+    entropy_bonus: bool = True  # include L^H; false keeps only the hinge (ALGORITHMS-MORE C14)
+    schedule_steps: int | None = None  # K of the beta schedule; null = the run's total iterations
+    smooth_start_step: int = 0  # no hinge before this iteration (6.3 C3 option: after the tool-reward phase)
+    include_current_step: bool = False  # reference over m <= k (code) instead of m < k (paper) (2(c))
+
+
+@dataclass
+class EMPGConfig:
+    """EMPG: step-entropy modulation of the advantage (3(b))."""
+
+    enabled: bool = False  # turn EMPG on
+    k: float = 1.0  # temperature of g(H) = exp(-k H~) / mean (3(d))
+    k_prime: float = 1.0  # temperature of the future-clarity bonus f = exp(-k' H~_next) (3(d))
+    zeta: float = 0.05  # bonus weight (paper value not found; ARLArena 0.05) (3(d))
+    eps: float = 1e-8  # epsilon of the min-max normalisation (3(d))
+
+
+@dataclass
+class AEPOConfig:
+    """AEPO: entropy-balanced rollout (4(b)(i)-(ii)) and policy optimisation (4(b)(iii)-(iv))."""
+
+    enabled: bool = False  # turn AEPO on (the switches below pick its parts)
+    sg_clip: bool = True  # stop-gradient upper clip, gradient 1 + eps_h on clipped A > 0 tokens (4(b)(iii))
+    sg_clip_high_entropy_only: bool = True  # sg bound only where the token's entropy z-score > 0 (6.3 C4)
+    entropy_advantage: bool = True  # A * (1 + a z_H) token factor (4(b)(iv))
+    adv_weight: float = 0.2  # a of the factor; keep <= 0.2 (6.3 C1)
+    z_scope: Literal["step", "batch"] = "step"  # z-score within each step (6.3 C1) or over the batch (4(f))
+    branching: bool = True  # rollout: entropy-based branching at tool rounds (needs env forking, 6.3 C8)
+    dynamic_rollouts: bool = False  # rollout: entropy pre-monitoring splits global/branch budget (4(b)(i))
+    rollout_budget: int | None = None  # k, total trajectories per prompt; null = the group size (4(d))
+    initial_rollouts: int | None = None  # global samples N without pre-monitoring; null = k / 2 (4(d))
+    beam_size: int = 2  # Z + 1: at most one fork per source per round (4(d))
+    branch_threshold: float = 0.5  # tau: fork iff score >= tau (4(b)(ii))
+    entropy_weight: float = 0.2  # beta/gamma on Delta H in the branch score (4(b)(ii))
+    consecutive_penalty: float = 0.05  # slope of P^(l): score x max(0, 1 - 0.05 l) (4(b)(ii))
+    premonitor_beta: float = 0.5  # beta_pm of m = k sigma(beta_pm (H_root - H_tool)) (4(b)(i))
+    entropy_window_tokens: int = 20  # first tokens of a segment used for the rollout entropy (0.3)
+    entropy_topk: int = 10  # top-k log-probs per position of the rollout entropy proxy (0.3)
+    premonitor_max_tokens: int = 50  # generation cap of the pre-monitoring answer start (4(b)(i))
+
+
+@dataclass
+class ClipCovConfig:
+    """Clip-Cov on on-policy tokens (1.5)."""
+
+    enabled: bool = False  # turn Clip-Cov on
+    ratio: float = 2e-4  # r: fraction of valid tokens whose loss is zeroed (1.5)
+    cov_lb: float = 1.0  # omega_lo: candidates have cov_lb < c_n (1.5)
+    cov_ub: float = 5.0  # omega_hi: candidates have c_n < cov_ub (1.5)
+
+
+@dataclass
+class KLCovConfig:
+    """KL-Cov, an alternative loss with no ratio clipping (1.5)."""
+
+    enabled: bool = False  # turn KL-Cov on (replaces the clipped surrogate)
+    ratio: float = 2e-3  # fraction of valid tokens (top covariance) that get the KL term (0.2% for 7B)
+    kl_coef: float = 1.0  # beta on |log pi - log pi_old| (ppo_kl_coef) (1.5)
+
+
+@dataclass
+class SPEARConfig:
+    """SPEAR: tool-call curriculum reward, self-imitation replay, P50 recalibration (5(b), 5(d))."""
+
+    enabled: bool = False  # turn SPEAR on
+    buffer_size: int = 2048  # trajectory_buffer_size (5(d))
+    baseline_buffer_size: int = 10240  # group entries in the P50 baseline buffer (5(d))
+    tolerate_steps: int = 5  # staleness limit in training steps (scripts 5) (5(d))
+    tolerate_cap: int = 10  # the code caps tolerate_steps at 10 (5(b))
+    trigger_factor: float = 1.5  # replay when items above b50 > trigger_factor x buffer_size (5(b))
+    recalibration: Literal["p50", "decay"] = "p50"  # A~ = R - b50, or A~ = decay_weight x A^ (5(b))
+    decay_weight: float = 0.1  # w of the decay mode (yaml 0.1) (5(d))
+    std_norm: bool = False  # divide A~ by s50 + eps (off in Dr.BoT) (5(b))
+    eps: float = 1e-6  # epsilon of the std normalisation
+    sil_coef: float = 1.0  # c_SIL, replay_loss_coef (scripts/README 1) (5(d))
+    sil_ramp_steps: int = 200  # K_SIL of the cosine ramp (yaml value the scripts end up using) (5(d))
+    tool_reward: Literal["none", "constant", "cosine"] = "cosine"  # use_toolcall_reward (5(d))
+    tool_reward_steps: int = 200  # K_tool of the cosine decay (5(d))
+    tool_reward_per_call: float = 0.1  # r^tool = min(cap, per_call x n_tool) (5(b))
+    tool_reward_cap: float = 1.0  # cap of r^tool (5(b))
+    replay_clip_cov: bool = True  # Clip-Cov mask on replay tokens (5(b))
+    replay_clip_cov_ratio: float = 0.02  # replay Clip-Cov ratio (ALFWorld scripts) (5(d))
+    replay_clip_cov_lb: float = 2.0  # replay Clip-Cov lower bound (ALFWorld scripts; README 1) (5(d))
+    replay_clip_cov_ub: float = 60.0  # replay Clip-Cov upper bound (ALFWorld scripts; README 40) (5(d))
+
+
+@dataclass
+class StrategyConfig:
+    """All strategy blocks. GRPO alone (everything disabled) is the baseline."""
+
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    epo: EPOConfig = field(default_factory=EPOConfig)
+    empg: EMPGConfig = field(default_factory=EMPGConfig)
+    aepo: AEPOConfig = field(default_factory=AEPOConfig)
+    spear: SPEARConfig = field(default_factory=SPEARConfig)
+    clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
+    kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
+
+    def enabled(self) -> list[str]:
+        """Names of the enabled method blocks, in the order they act (6.2)."""
+        names = ("aepo", "spear", "empg", "clip_cov", "kl_cov", "epo")
+        return [name for name in names if getattr(self, name).enabled]
+
+    def validate(self) -> list[str]:
+        """Check ranges and the conflicts of ALGORITHMS.md 6.3.
+
+        Raises ``ValueError`` listing every contradictory or out-of-range setting, each by
+        its field path (``strategy.epo.kappa_r``); returns warnings for legal settings that
+        6.3 advises against.
+        """
+        errors: list[str] = []
+        warnings: list[str] = []
+        pl, adv, epo, empg, aepo, spear, cc, klc = (
+            self.policy_loss,
+            self.advantage,
+            self.epo,
+            self.empg,
+            self.aepo,
+            self.spear,
+            self.clip_cov,
+            self.kl_cov,
+        )
+
+        def need(ok: bool, path: str, message: str) -> None:
+            if not ok:
+                errors.append(f"strategy.{path}: {message}")
+
+        need(0.0 <= pl.clip_low <= 1.0, "policy_loss.clip_low", f"must be in [0, 1], got {pl.clip_low}")
+        need(pl.clip_high >= 0.0, "policy_loss.clip_high", f"must be >= 0, got {pl.clip_high}")
+        need(
+            pl.dual_clip is None or pl.dual_clip > 1.0,
+            "policy_loss.dual_clip",
+            f"must be > 1 or null, got {pl.dual_clip}",
+        )
+        need(
+            pl.agg_max_len is None or pl.agg_max_len >= 1,
+            "policy_loss.agg_max_len",
+            f"must be >= 1 or null, got {pl.agg_max_len}",
+        )
+        need(pl.kl_coef >= 0.0, "policy_loss.kl_coef", f"must be >= 0, got {pl.kl_coef}")
+        need(pl.entropy_coef >= 0.0, "policy_loss.entropy_coef", f"must be >= 0, got {pl.entropy_coef}")
+        need(adv.eps > 0.0, "advantage.eps", f"must be > 0, got {adv.eps}")
+        need(0.0 <= adv.gamma <= 1.0, "advantage.gamma", f"must be in [0, 1], got {adv.gamma}")
+        if adv.estimator == "grpo" and adv.shared_prefix != "none":
+            errors.append("strategy.advantage.shared_prefix: only applies to estimator 'gigpo' (6.3 C7)")
+
+        need(epo.entropy_coef >= 0.0, "epo.entropy_coef", f"must be >= 0, got {epo.entropy_coef}")
+        need(epo.alpha >= 0.0, "epo.alpha", f"must be >= 0, got {epo.alpha}")
+        need(epo.kappa_l >= 0.0, "epo.kappa_l", f"must be >= 0, got {epo.kappa_l}")
+        need(
+            epo.kappa_r > epo.kappa_l,
+            "epo.kappa_r",
+            f"must be > epo.kappa_l ({epo.kappa_l}), got {epo.kappa_r}",
+        )
+        need(
+            epo.schedule_steps is None or epo.schedule_steps >= 1,
+            "epo.schedule_steps",
+            f"must be >= 1 or null, got {epo.schedule_steps}",
+        )
+        need(
+            epo.smooth_start_step >= 0, "epo.smooth_start_step", f"must be >= 0, got {epo.smooth_start_step}"
+        )
+
+        need(empg.k > 0.0, "empg.k", f"must be > 0, got {empg.k}")
+        need(empg.k_prime > 0.0, "empg.k_prime", f"must be > 0, got {empg.k_prime}")
+        need(empg.zeta >= 0.0, "empg.zeta", f"must be >= 0, got {empg.zeta}")
+        need(empg.eps > 0.0, "empg.eps", f"must be > 0, got {empg.eps}")
+
+        need(aepo.adv_weight >= 0.0, "aepo.adv_weight", f"must be >= 0, got {aepo.adv_weight}")
+        need(aepo.beam_size >= 1, "aepo.beam_size", f"must be >= 1, got {aepo.beam_size}")
+        need(
+            0.0 <= aepo.branch_threshold <= 1.0,
+            "aepo.branch_threshold",
+            f"must be in [0, 1], got {aepo.branch_threshold}",
+        )
+        need(
+            aepo.consecutive_penalty >= 0.0,
+            "aepo.consecutive_penalty",
+            f"must be >= 0, got {aepo.consecutive_penalty}",
+        )
+        need(
+            aepo.entropy_window_tokens >= 1,
+            "aepo.entropy_window_tokens",
+            f"must be >= 1, got {aepo.entropy_window_tokens}",
+        )
+        need(aepo.entropy_topk >= 1, "aepo.entropy_topk", f"must be >= 1, got {aepo.entropy_topk}")
+        need(
+            aepo.rollout_budget is None or aepo.rollout_budget >= 1,
+            "aepo.rollout_budget",
+            f"must be >= 1 or null, got {aepo.rollout_budget}",
+        )
+        if aepo.initial_rollouts is not None:
+            need(
+                aepo.initial_rollouts >= 1,
+                "aepo.initial_rollouts",
+                f"must be >= 1 or null, got {aepo.initial_rollouts}",
+            )
+            if aepo.rollout_budget is not None:
+                need(
+                    aepo.initial_rollouts <= aepo.rollout_budget,
+                    "aepo.initial_rollouts",
+                    f"must be <= aepo.rollout_budget ({aepo.rollout_budget}), got {aepo.initial_rollouts}",
+                )
+
+        for name, block in (("clip_cov", cc), ("kl_cov", klc)):
+            need(0.0 < block.ratio <= 1.0, f"{name}.ratio", f"must be in (0, 1], got {block.ratio}")
+        need(
+            cc.cov_lb < cc.cov_ub,
+            "clip_cov.cov_ub",
+            f"must be > clip_cov.cov_lb ({cc.cov_lb}), got {cc.cov_ub}",
+        )
+        need(klc.kl_coef >= 0.0, "kl_cov.kl_coef", f"must be >= 0, got {klc.kl_coef}")
+        if cc.enabled and klc.enabled:
+            errors.append(
+                "strategy.clip_cov.enabled and strategy.kl_cov.enabled: both replace the on-policy loss; enable one"
+            )
+        if klc.enabled and aepo.enabled and aepo.sg_clip:
+            errors.append(
+                "strategy.kl_cov.enabled with strategy.aepo.sg_clip: KL-Cov has no clipping to put a stop-gradient in"
+            )
+
+        need(spear.buffer_size >= 1, "spear.buffer_size", f"must be >= 1, got {spear.buffer_size}")
+        need(
+            spear.baseline_buffer_size >= 1,
+            "spear.baseline_buffer_size",
+            f"must be >= 1, got {spear.baseline_buffer_size}",
+        )
+        need(spear.tolerate_steps >= 0, "spear.tolerate_steps", f"must be >= 0, got {spear.tolerate_steps}")
+        need(spear.trigger_factor > 0.0, "spear.trigger_factor", f"must be > 0, got {spear.trigger_factor}")
+        need(
+            spear.recalibration != "decay" or 0.0 < spear.decay_weight <= 1.0,
+            "spear.decay_weight",
+            f"must be in (0, 1] with recalibration 'decay', got {spear.decay_weight}",
+        )
+        need(spear.sil_coef >= 0.0, "spear.sil_coef", f"must be >= 0, got {spear.sil_coef}")
+        need(
+            spear.tool_reward_per_call >= 0.0,
+            "spear.tool_reward_per_call",
+            f"must be >= 0, got {spear.tool_reward_per_call}",
+        )
+        need(
+            spear.replay_clip_cov_lb < spear.replay_clip_cov_ub,
+            "spear.replay_clip_cov_ub",
+            f"must be > spear.replay_clip_cov_lb ({spear.replay_clip_cov_lb}), got {spear.replay_clip_cov_ub}",
+        )
+        need(
+            0.0 < spear.replay_clip_cov_ratio <= 1.0,
+            "spear.replay_clip_cov_ratio",
+            f"must be in (0, 1], got {spear.replay_clip_cov_ratio}",
+        )
+        if errors:
+            raise ValueError("invalid strategy config:\n  " + "\n  ".join(errors))
+
+        if spear.enabled and spear.tolerate_steps > spear.tolerate_cap:
+            warnings.append(
+                f"strategy.spear.tolerate_steps={spear.tolerate_steps} is capped at tolerate_cap={spear.tolerate_cap}"
+            )
+        if epo.enabled and epo.alpha * 2.0 >= 1.0:
+            warnings.append(
+                f"strategy.epo.alpha={epo.alpha}: EPO's analysis assumes alpha * beta_max < 1, i.e. alpha < 0.5"
+            )
+        if empg.enabled and aepo.enabled and aepo.entropy_advantage:
+            if aepo.z_scope != "step":
+                warnings.append(
+                    "strategy.aepo.z_scope='batch' with EMPG on: EMPG acts across steps, so AEPO should z-score within each step (6.3 C1)"
+                )
+            if aepo.adv_weight > 0.2:
+                warnings.append(
+                    f"strategy.aepo.adv_weight={aepo.adv_weight} with EMPG on: keep a <= 0.2 (6.3 C1)"
+                )
+            if empg.k != 1.0:
+                warnings.append(f"strategy.empg.k={empg.k} with AEPO on: keep k = 1 (6.3 C1)")
+        if epo.enabled and spear.enabled and epo.kappa_l > 0.0:
+            warnings.append(
+                f"strategy.epo.kappa_l={epo.kappa_l} with SPEAR: an entropy floor fights SIL's intended entropy fall (6.3 C3)"
+            )
+        if aepo.enabled and aepo.sg_clip and cc.enabled and not aepo.sg_clip_high_entropy_only:
+            warnings.append(
+                "strategy.aepo.sg_clip on every token with Clip-Cov: limit it to high-entropy tokens (6.3 C4)"
+            )
+        if cc.enabled and (pl.clip_low < 1.0 or pl.clip_high < 1.0) and not spear.enabled:
+            warnings.append(
+                "strategy.clip_cov: the official Clip-Cov runs widen policy_loss.clip_low/clip_high to 1.0 (1.5)"
+            )
+        return warnings
