@@ -41,6 +41,13 @@ def _tag_patterns(tag: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return re.compile(f"<\\s*{name}\\s*>", re.IGNORECASE), re.compile(f"<\\s*/\\s*{name}\\s*>", re.IGNORECASE)
 
 
+def _last_match(pattern: re.Pattern[str], text: str, end: int) -> re.Match[str] | None:
+    last = None
+    for last in pattern.finditer(text, 0, end):  # noqa: B007 - the loop keeps the last match
+        pass
+    return last
+
+
 def parse_action(text: str, tag: str = "action") -> ParsedAction:
     """The content of the last complete ``<tag>...</tag>`` of ``text``.
 
@@ -51,15 +58,11 @@ def parse_action(text: str, tag: str = "action") -> ParsedAction:
     open_re, close_re = _tag_patterns(tag)
     if not isinstance(text, str):
         return ParsedAction("", False, f"reply is {type(text).__name__}, not str")
-    last_close = None
-    for last_close in close_re.finditer(text):  # noqa: B007 - keep the last match
-        pass
+    last_close = _last_match(close_re, text, len(text))
     if last_close is None:
         reason = f"no <{tag}> tag" if open_re.search(text) is None else f"unclosed <{tag}> tag"
         return ParsedAction("", False, reason)
-    last_open = None
-    for last_open in open_re.finditer(text, 0, last_close.start()):  # noqa: B007
-        pass
+    last_open = _last_match(open_re, text, last_close.start())
     if last_open is None:
         return ParsedAction("", False, f"</{tag}> without an opening <{tag}>")
     action = " ".join(text[last_open.end() : last_close.start()].split())

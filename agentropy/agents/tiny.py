@@ -1,0 +1,349 @@
+"""The embedded default model, built offline: a BPE tokenizer trained on environment text and
+a randomly initialised Qwen2 causal LM of a few million parameters.
+
+No weights can be downloaded in the places agentropy must run (CI, an offline laptop), so the
+default policy is made on the spot from the text the agent will see: expert and random
+episodes of the registered envs (tasks, observations, actions, admissible lists) and the same
+episodes rendered through the prompt template, ChatML markers included. Everything is saved
+with ``save_pretrained`` and read back with ``AutoTokenizer`` / ``AutoModelForCausalLM``, so
+the rest of the suite cannot tell the tiny model from a real checkpoint path such as
+``Qwen/Qwen2.5-1.5B-Instruct``: :func:`load_model_and_tokenizer` takes either.
+
+The tokenizer is byte-level BPE with exactly Qwen2's pipeline (NFC normalisation, Qwen2's
+pre-tokenising regex, byte-level alphabet), so every string encodes without unknown tokens,
+``decode(encode(s)) == s`` for NFC text (all env text), and ``AutoTokenizer`` -- which loads any
+``qwen2`` folder as ``Qwen2Tokenizer`` and rebuilds that pipeline -- reproduces the trained
+tokenizer token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agentropy.agents.prompts import PromptConfig, Turn, build_messages
+
+DEFAULT_ENV_IDS: tuple[str, ...] = ("agentropy/Household-v0",)
+
+#: ChatML markers (as Qwen2.5) plus a dedicated padding token.
+IM_START, IM_END, END_OF_TEXT, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|pad|>"
+SPECIAL_TOKENS: tuple[str, ...] = (END_OF_TEXT, IM_START, IM_END, PAD)
+
+#: ChatML, as Qwen2.5's template without tools: ``<|im_start|>role\ncontent<|im_end|>\n``.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+#: What the chat template writes around messages, repeated so that BPE (min frequency 2)
+#: learns the role names as whole tokens.
+CHAT_TEMPLATE_TEXTS: list[str] = [f"{IM_START}{role}\n" for role in ("system", "user", "assistant")] * 4
+
+#: Qwen2's pre-tokenizer split (transformers' ``tokenization_qwen2.PRETOKENIZE_REGEX``): single
+#: digits, letter runs with one leading non-letter, punctuation runs, newline runs.
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+#: Written last into a built model folder; its presence marks the folder complete.
+MANIFEST = "agentropy_tiny.json"
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TinyModelConfig:
+    """Sizes of the tiny model. The defaults give about 4M parameters."""
+
+    vocab_size: int = 4096
+    """Target BPE vocabulary (special tokens included); smaller if the corpus runs out of merges."""
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 4096
+    """Must cover prompt + reply: the default prompt budget is 1024 tokens."""
+    episodes_per_env: int = 40
+    """Episodes collected per env for the tokenizer corpus, half expert and half random."""
+    max_episode_steps: int = 50
+
+
+def _pick_action(info: dict[str, Any], rng: random.Random, expert: bool) -> str:
+    admissible = list(info.get("admissible_actions") or [])
+    if expert and info.get("expert_action"):
+        return str(info["expert_action"])
+    if admissible:
+        return rng.choice(admissible)
+    return str(info.get("expert_action") or "look")
+
+
+def collect_env_texts(
+    env_ids: Sequence[str] = DEFAULT_ENV_IDS,
+    episodes_per_env: int = 40,
+    max_steps: int = 50,
+    seed: int = 0,
+    prompt_cfg: PromptConfig | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Strings the agent will meet: env text plus the prompts and replies built from it.
+
+    Even episodes follow ``info["expert_action"]``, odd ones pick uniformly among the
+    admissible actions (so the corpus sees failures and "Nothing happens." too). Returns every
+    task, observation, action and admissible action, each rendered system and user message,
+    and each reply ``<action>...</action>``, in a deterministic order.
+    """
+    from agentropy.envs.registry import make_env
+
+    cfg = prompt_cfg or PromptConfig()
+    rng = random.Random(seed)
+    texts: list[str] = []
+    seen: set[str] = set()
+
+    def add(s: str) -> None:
+        if s and s not in seen:
+            seen.add(s)
+            texts.append(s)
+
+    total = len(env_ids) * episodes_per_env
+    with _progress(progress, "collecting env text", total) as advance:
+        for env_id in env_ids:
+            env = make_env(env_id)
+            try:
+                for episode in range(episodes_per_env):
+                    expert = episode % 2 == 0
+                    obs, info = env.reset(seed=seed * 100_003 + episode, options={"split": "train"})
+                    task = str(info.get("task", ""))
+                    add(task)
+                    history: list[Turn] = []
+                    for _ in range(max_steps):
+                        admissible = [str(a) for a in info.get("admissible_actions") or []]
+                        add(obs)
+                        for a in admissible:
+                            add(a)
+                        for message in build_messages(cfg, task, history, obs, admissible):
+                            add(message["content"])
+                        action = _pick_action(info, rng, expert)
+                        add(action)
+                        add(f"<{cfg.action_tag}>{action}</{cfg.action_tag}>")
+                        history.append(Turn(obs, action))
+                        obs, _, terminated, truncated, info = env.step(action)
+                        if terminated or truncated:
+                            add(obs)
+                            break
+                    advance()
+            finally:
+                env.close()
+    return texts
+
+
+class _progress:
+    """A rich progress bar when ``enabled``; yields an ``advance()`` callable either way."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._bar.__exit__(*exc)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` (Qwen2 pipeline) with ChatML specials and template.
+
+    ``eos_token`` is ``<|im_end|>`` (a reply ends with it, as in Qwen2.5-Instruct), padding is
+    ``<|pad|>`` and there is no BOS. ``clean_up_tokenization_spaces`` is off so decoding is the
+    exact inverse of encoding.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
+    tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="", byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        additional_special_tokens=[END_OF_TEXT, IM_START],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=TinyModelConfig.max_position_embeddings,
+    )
+
+
+def build_model(tokenizer: Any, cfg: TinyModelConfig = TinyModelConfig(), seed: int = 0) -> Any:
+    """A randomly initialised ``Qwen2ForCausalLM`` sized by ``cfg`` over ``tokenizer``'s vocabulary.
+
+    Embeddings are tied to the output layer (Qwen2.5's small models do the same). The init is
+    seeded without touching the caller's global RNG.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=ids(PAD),
+        bos_token_id=None,
+        eos_token_id=ids(IM_END),
+        dtype="float32",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids(IM_END), ids(END_OF_TEXT)],
+        pad_token_id=ids(PAD),
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+    )
+    return model.eval()
+
+
+def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _request(env_ids: Sequence[str], seed: int, cfg: TinyModelConfig) -> dict[str, Any]:
+    return {"format": MANIFEST_FORMAT, "env_ids": list(env_ids), "seed": seed, "config": asdict(cfg)}
+
+
+def is_built(
+    out_dir: str | os.PathLike[str],
+    env_ids: Sequence[str] = DEFAULT_ENV_IDS,
+    seed: int = 0,
+    cfg: TinyModelConfig = TinyModelConfig(),
+) -> bool:
+    """Whether ``out_dir`` holds a complete build made with these env ids, seed and sizes."""
+    manifest = _read_manifest(Path(out_dir))
+    request = _request(env_ids, seed, cfg)
+    return manifest is not None and {k: manifest.get(k) for k in request} == request
+
+
+def build_tiny_model(
+    out_dir: str | os.PathLike[str],
+    env_ids: Sequence[str] = DEFAULT_ENV_IDS,
+    seed: int = 0,
+    cfg: TinyModelConfig = TinyModelConfig(),
+    force: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Build (or reuse) the tiny model and tokenizer in ``out_dir``; return its path.
+
+    Idempotent: if ``out_dir`` already holds a complete build with the same env ids, seed and
+    sizes, it is returned at once. The build is written to a sibling temporary folder and
+    renamed into place, so a reader never sees a half-written model. A non-empty ``out_dir``
+    that is not an agentropy build is never overwritten.
+    """
+    out = Path(out_dir)
+    request = _request(env_ids, seed, cfg)
+    manifest = _read_manifest(out)
+    if not force and is_built(out, env_ids, seed, cfg):
+        return out
+    if out.exists() and manifest is None and any(out.iterdir()):
+        raise FileExistsError(f"out_dir {str(out)!r} exists, is not empty and is not an agentropy tiny model")
+    if not env_ids:
+        raise ValueError("env_ids must name at least one env to collect tokenizer text from")
+
+    start = time.perf_counter()
+    texts = collect_env_texts(env_ids, cfg.episodes_per_env, cfg.max_episode_steps, seed, progress=progress)
+    tokenizer = train_tokenizer(texts + CHAT_TEMPLATE_TEXTS, cfg.vocab_size)
+    model = build_model(tokenizer, cfg, seed)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+        (tmp / "corpus_stats.json").write_text(
+            json.dumps({"n_texts": len(texts), "n_chars": sum(map(len, texts))}, indent=2)
+        )
+        stats = {
+            "vocab_size": len(tokenizer),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "build_seconds": round(time.perf_counter() - start, 2),
+        }
+        (tmp / MANIFEST).write_text(json.dumps({**request, **stats}, indent=2))
+        if not force and is_built(out, env_ids, seed, cfg):
+            return out  # another process finished the same build meanwhile; keep it
+        if out.exists():
+            shutil.rmtree(out)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            # Another process finished the same build first; keep theirs if it is complete.
+            if _read_manifest(out) is None:
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model_and_tokenizer(
+    path: str | os.PathLike[str],
+    device: Any = None,
+    dtype: Any = None,
+) -> tuple[Any, Any]:
+    """Load any causal LM checkpoint folder (the tiny model or a Hugging Face one) in eval mode.
+
+    ``dtype`` is passed to ``from_pretrained`` (None: the checkpoint's own dtype). A tokenizer
+    without a pad token gets its EOS token as pad, which the backends only ever mask.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), tokenizer
