@@ -1,0 +1,222 @@
+"""``agentropy analyze`` on a synthetic micro-bench written to disk in the trainer's formats.
+
+The bench has 2 strategies x 2 seeds. Per-turn entropies are built so that the cumulative
+drift of the last iteration against the first is exactly c T^2 for ``grpo`` and c T for
+``epo``, so the drift exponents and their verdicts are known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentropy.cli import main
+from agentropy.evals import dynamics as dyn
+from agentropy.training.trajectory import Step, Trajectory, write_jsonl
+
+ENV_ID = "agentropy/Household-v0"
+GROUPS, GROUP_SIZE, TURNS, HEAD = 2, 3, 6, 4
+
+
+def turn_entropy(strategy: str, k: int, t: int) -> float:
+    """Entropy of the 'rest' tokens at iteration k, turn t: drift k·c((t+1)^p - t^p), p = 2 / 1."""
+    if strategy == "grpo":
+        return 2.0 - 0.01 * k * ((t + 1) ** 2 - t**2)
+    return 2.0 - 0.05 * k
+
+
+def write_run(run_dir: Path, strategy: str, seed: int, iterations: int, env_id: str = ENV_ID,
+              reward_std_in_metrics: bool = True, trajectories: bool = True) -> None:
+    config = {"run": {"name": run_dir.name, "seed": seed}, "env": {"id": env_id},
+              "strategy": {"advantage": {"estimator": "grpo"}, "epo": {"enabled": strategy == "epo"},
+                           "empg": {"enabled": False}}}
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    records = [{"iteration": -1, "phase": "sft", "loss": 1.0}, {"iteration": -1, "phase": "eval", "success_rate": 0.1}]
+    for k in range(iterations):
+        trajs = []
+        for g in range(GROUPS):
+            for j in range(GROUP_SIZE):
+                steps = []
+                for t in range(TURNS):
+                    h = turn_entropy(strategy, k, t) + 0.001 * seed
+                    anchor = f"g{g} room {t}" if t < 3 else f"g{g} traj {j} room {t}"
+                    response = [1, 2, 3] if t == 0 else [100 * j + t, k, seed]
+                    entropy = [h + 0.5] * HEAD + [h] * HEAD  # the first HEAD tokens are higher
+                    steps.append(Step(turn=t, prompt_ids=[9, 9], response_ids=response, logprobs=[-0.1] * 8,
+                                      entropy=entropy, reward=0.0, terminated=t == TURNS - 1, truncated=False,
+                                      anchor_obs=anchor, action="look", group_id=f"g{g}", traj_id=f"g{g}-{j}"))
+                won = j < 1 + k % 2
+                trajs.append(Trajectory(traj_id=f"g{g}-{j}", group_id=f"g{g}", task_id=f"task{g}", seed=g,
+                                        steps=steps, episode_return=float(won), won=won))
+        if trajectories:
+            write_jsonl(trajs, run_dir / "trajectories" / f"iter_{k:06d}_rank0.jsonl")
+        tokens = [h for tr in trajs for s in tr.steps for h in s.entropy]
+        record = {"iteration": k, "phase": "train", "success_rate": 0.2 + 0.1 * k, "return_mean": 0.2 + 0.1 * k,
+                  "entropy_mean": sum(tokens) / len(tokens), "grad_norm": 5.0 if k == 3 else 1.0 + 0.01 * k,
+                  "time_s": 1.0}
+        if reward_std_in_metrics:
+            record["reward_std"] = 0.5 - 0.05 * k
+        records.append(record)
+    records.append({"iteration": iterations, "phase": "eval", "success_rate": 0.5})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench") / "micro"
+    for strategy in ("grpo", "epo"):
+        for seed in (0, 1):
+            iterations = 5 if (strategy, seed) == ("epo", 1) else 6  # runs of different lengths
+            write_run(root / f"{strategy}__household__s{seed}", strategy, seed, iterations,
+                      reward_std_in_metrics=strategy == "grpo")
+    write_run(root / "init__household", "grpo", 0, 1)  # the shared SFT folder: skipped
+    return root
+
+
+@pytest.fixture(scope="module")
+def analyzed(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "dynamics"
+    assert main(["analyze", str(bench), "--out", str(out), "--no-progress"]) == 0
+    return out, json.loads((out / "dynamics.json").read_text())
+
+
+SUMMARY = re.compile(r"(\w+) = (\S+) \[(\S+), (\S+)\]")
+
+
+def _number(text: str) -> float | None:
+    return None if text == "NaN" else float(text)
+
+
+def test_claims_table_rows_match_the_numbers_in_dynamics_json(analyzed):
+    out, data = analyzed
+    md = (out / "dynamics.md").read_text()
+    assert md.startswith("# Entropy dynamics: agentropy/Household-v0")
+    table = md.split("## Claims table", 1)[1].split("**Verdict rule.**", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| # ")]
+    assert len(rows) == len(dyn.CLAIMS) * 2 == len(data["claims"])
+    seen = set()
+    for line, row in zip(rows, data["claims"], strict=True):
+        cells = [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
+        assert len(cells) == 8
+        claim_text = "" if row["claim_id"] in seen else row["claim"]  # written on a claim's first row
+        seen.add(row["claim_id"])
+        assert cells[1] == claim_text and cells[4] == row["strategy"] and cells[5] == str(row["seeds"])
+        assert cells[7].startswith(row["verdict"])
+        found = SUMMARY.findall(cells[6])
+        assert [name for name, *_ in found] == list(row["values"])
+        for name, *numbers in found:
+            expected = row["values"][name]
+            for text, key in zip(numbers, ("mean", "lo", "hi"), strict=True):
+                if expected[key] is None:
+                    assert text == "NaN"
+                else:
+                    assert _number(text) == pytest.approx(expected[key], rel=1e-3, abs=1e-9)
+
+
+def test_known_answers_and_verdicts(analyzed):
+    _, data = analyzed
+    grpo, epo = data["strategies"]["grpo"], data["strategies"]["epo"]
+    assert grpo["runs"] == ["grpo__household__s0", "grpo__household__s1"] and grpo["seeds"] == [0, 1]
+    assert grpo["baseline"] and not grpo["corridor"] and epo["corridor"] and epo["methods"] == ["epo"]
+    assert grpo["drift"]["p"]["mean"] == pytest.approx(2.0, abs=1e-6)
+    assert epo["drift"]["p"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    verdicts = {(r["claim_id"], r["strategy"]): r["verdict"] for r in data["claims"]}
+    assert verdicts[("drift", "grpo")] == "holds" and verdicts[("drift", "epo")] == "holds"
+    assert verdicts[("decline", "grpo")] == "holds" and verdicts[("decline", "epo")] == "n/a"
+    assert verdicts[("post_obs", "grpo")] == "holds"  # head tokens are 0.5 nats higher
+    # states of turns 0-2 are shared by the 3 trajectories of a group, turns 3-5 are not: 6 of 24
+    assert grpo["recurrence"]["fraction_first"]["mean"] == pytest.approx(6 / 24)
+    assert verdicts[("recurrence", "grpo")] == "does not hold"
+    assert grpo["recurrence"]["step_group_sizes_first"] == {"1": 2 * 2 * 9, "3": 2 * 2 * 3}
+    assert grpo["per_run"][0]["collapse"]["spike_step"] == 3
+    assert grpo["collapse"]["d_reward_std"]["mean"] == pytest.approx(-0.15)  # from metrics: 0.35 - 0.5
+    # epo has no reward_std in its metrics: the trajectories give it (returns alternate 1/3, 2/3 won)
+    assert epo["per_run"][0]["reward_std"][:2] == pytest.approx([math.sqrt(2) / 3, math.sqrt(2) / 3])
+    assert grpo["repeated"]["first"]["mean"] == pytest.approx((2 * 2) / (GROUPS * GROUP_SIZE * TURNS))
+    assert grpo["exp_law"]["r2"]["mean"] is not None
+
+
+def test_runs_of_different_lengths_are_aligned_not_truncated(analyzed):
+    _, data = analyzed
+    epo = data["strategies"]["epo"]
+    assert epo["steps_per_run"] == {"epo__household__s0": 6, "epo__household__s1": 5}
+    assert not epo["equal_length"]
+    assert epo["entropy_by_step"]["steps"] == [0, 1, 2, 3, 4, 5]
+    assert epo["entropy_by_step"]["n_runs"] == [2, 2, 2, 2, 2, 1]
+    assert [r["drift"]["at_step"] for r in epo["per_run"]] == [5, 4]  # each run's own last step
+    assert epo["entropy_map"]["n_runs"][0] == [2, 2, 2, 2, 2, 1]
+
+
+def test_figures_exist(analyzed):
+    out, data = analyzed
+    for name in ("exp_law", "entropy_vs_step", "drift", "post_observation", "recurrence", "collapse",
+                 "repeated_outputs", "entropy_map_grpo", "entropy_map_epo"):
+        png = out / "figures" / f"{name}.png"
+        assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    assert all((out / path).exists() for path in data["figures"].values())
+    md = (out / "dynamics.md").read_text()
+    assert "](figures/drift.png)" in md and "](figures/entropy_map_epo.png)" in md
+
+
+def test_one_seed_gives_a_nan_interval_and_an_inconclusive_verdict(bench, tmp_path):
+    out = tmp_path / "one"
+    assert main(["analyze", str(bench / "grpo__household__s0"), "--out", str(out), "--no-progress"]) == 0
+    data = json.loads((out / "dynamics.json").read_text())
+    p = data["strategies"]["grpo"]["drift"]["p"]
+    assert p["n"] == 1 and p["lo"] is None and p["hi"] is None
+    assert {r["verdict"] for r in data["claims"]} == {"inconclusive"}
+    assert "p = 2 [NaN, NaN]" in (out / "dynamics.md").read_text()
+
+
+def test_run_without_trajectories_is_named(tmp_path):
+    write_run(tmp_path / "grpo_a", "grpo", 0, 3)
+    write_run(tmp_path / "grpo_b", "grpo", 1, 3, trajectories=False)
+    with pytest.raises(SystemExit, match=r"grpo_b: no trajectories"):
+        main(["analyze", str(tmp_path / "grpo_a"), str(tmp_path / "grpo_b"), "--out", str(tmp_path / "o"),
+              "--no-progress"])
+
+
+def test_run_with_a_different_env_is_named(tmp_path):
+    write_run(tmp_path / "a", "grpo", 0, 3)
+    write_run(tmp_path / "b", "grpo", 1, 3, env_id="agentropy/ALFWorld-v0")
+    with pytest.raises(SystemExit, match=r"b: env.id is 'agentropy/ALFWorld-v0' but .*a has 'agentropy/Household-v0'"):
+        main(["analyze", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "o"), "--no-progress"])
+
+
+def test_bench_with_two_envs_can_be_filtered_by_env(tmp_path):
+    write_run(tmp_path / "grpo__household__s0", "grpo", 0, 3)
+    write_run(tmp_path / "grpo__alfworld__s0", "grpo", 0, 3, env_id="agentropy/ALFWorld-v0")
+    with pytest.raises(SystemExit, match="--env"):
+        main(["analyze", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert main(["analyze", str(tmp_path), "--env", "alfworld", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    data = json.loads((tmp_path / "o" / "dynamics.json").read_text())
+    assert data["meta"]["env_id"] == "agentropy/ALFWorld-v0" and data["strategies"]["grpo"]["runs"] == ["grpo__alfworld__s0"]
+
+
+def test_plain_run_folders_get_their_label_from_the_config(tmp_path):
+    write_run(tmp_path / "r1", "epo", 3, 3)
+    runs = dyn.load_runs([tmp_path / "r1"], progress=False)
+    assert (runs[0].strategy, runs[0].seed, runs[0].methods) == ("epo", 3, ["epo"])
+
+
+def test_folder_that_is_neither_run_nor_bench_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty: neither a run folder"):
+        main(["analyze", str(tmp_path / "empty"), "--no-progress"])
+    with pytest.raises(SystemExit, match="missing: not a folder"):
+        main(["analyze", str(tmp_path / "missing"), "--no-progress"])
+
+
+def test_drift_uses_only_turns_with_enough_replies(bench):
+    runs = dyn.load_runs([bench / "grpo__household__s0"], progress=False)
+    assert runs[0].iterations[0].turn_replies == dict.fromkeys(range(TURNS), GROUPS * GROUP_SIZE)
+    ok = dyn.analyze(runs, dyn.Options(min_turn_replies=GROUPS * GROUP_SIZE))["strategies"]["grpo"]["per_run"][0]
+    assert ok["drift"]["n"] == TURNS and ok["drift"]["p"] == pytest.approx(2.0)
+    too_few = dyn.analyze(runs, dyn.Options(min_turn_replies=GROUPS * GROUP_SIZE + 1))["strategies"]["grpo"]
+    assert too_few["per_run"][0]["drift"]["D"] == [] and too_few["drift"]["p"]["n"] == 0
