@@ -62,13 +62,14 @@ MANIFEST_FORMAT = 1
 
 @dataclass(frozen=True)
 class TinyModelConfig:
-    """Sizes of the tiny model. The defaults give about 4M parameters."""
+    """Sizes of the tiny model. The defaults give about 0.5M parameters: small enough that
+    SFT and RL on 300-token prompts take minutes on a 2-core CPU."""
 
     vocab_size: int = 4096
     """Target BPE vocabulary (special tokens included); smaller if the corpus runs out of merges."""
-    hidden_size: int = 256
-    intermediate_size: int = 768
-    num_hidden_layers: int = 4
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 4096

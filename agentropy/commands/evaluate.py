@@ -1,0 +1,67 @@
+"""Evaluate a model on an environment split: success, pass@k, return, length, entropy per turn.
+
+    agentropy eval --model runs/quickstart/final_model --env agentropy/Household-v0 --episodes 64
+    agentropy eval --config configs/quickstart.yaml --samples 4 --temperature 1.0
+
+The model is any checkpoint folder (the tiny model or a Hugging Face checkpoint) and any
+backend. Writes ``eval.json`` and ``eval.md`` to ``--out`` and prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config to start from (env, prompt, rollout settings)")
+    parser.add_argument("--model", help="checkpoint folder (default: the config's model, else the tiny model)")
+    parser.add_argument("--env", help="env id or package.module:Class")
+    parser.add_argument("--split", default=None, help="split to evaluate on (default: the config's test split)")
+    parser.add_argument("--episodes", type=int, default=None, help="number of tasks")
+    parser.add_argument("--samples", type=int, default=None, help="episodes per task (pass@k up to this k)")
+    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy")
+    parser.add_argument("--backend", choices=["hf", "vllm", "openai"], default=None)
+    parser.add_argument("--openai-url", default=None)
+    parser.add_argument("--out", default="eval_out", help="output folder for eval.json / eval.md")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+
+
+def to_markdown(report: dict, title: str) -> str:
+    rows = [(k, v) for k, v in report.items() if isinstance(v, (int, float))]
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows]
+    by_turn = report.get("entropy_by_turn") or []
+    if by_turn:
+        lines += ["", "| turn | mean token entropy |", "|---|---|"]
+        lines += [f"| {t} | {h:.4f} |" for t, h in enumerate(by_turn) if h is not None]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from agentropy.training.config import load_config
+    from agentropy.training.evaluation import evaluate_policy
+    from agentropy.training.setup import build_backend, load_policy
+
+    overrides = list(args.overrides)
+    for flag, key in [("model", "model.path"), ("env", "env.id"), ("split", "env.test_split"),
+                      ("episodes", "eval.episodes"), ("samples", "eval.samples"),
+                      ("temperature", "eval.temperature"), ("backend", "model.backend"),
+                      ("openai_url", "model.openai_url")]:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    cfg = load_config(args.config, overrides)
+    model, tokenizer = load_policy(cfg.model)
+    backend = build_backend(cfg.model, model, tokenizer)
+    report = evaluate_policy(backend, tokenizer, cfg)
+    report.update({"env": cfg.env.id, "split": cfg.env.test_split, "model": cfg.model.path or "tiny",
+                   "temperature": cfg.eval.temperature})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    markdown = to_markdown(report, f"Evaluation of {report['model']} on {cfg.env.id} ({cfg.env.test_split})")
+    (out / "eval.md").write_text(markdown)
+    print(markdown)
+    return 0

@@ -1,0 +1,125 @@
+"""The strategy benchmark: strategies x environments x seeds, same tasks, budget and start.
+
+A bench config names a base training config, the strategies (each a strategy YAML), the
+environments (each a set of overrides) and the seeds. For every environment the SFT warm
+start runs once and its model is the initial checkpoint of every cell, so strategies differ
+only in what they do during RL. Cells run one after another and the bench is resumable cell
+by cell: a finished cell has ``done.json``; an interrupted one resumes from its checkpoint.
+
+    agentropy bench configs/bench/micro.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentropy.configuration import ConfigError, deep_merge, from_dict, read_yaml
+
+
+@dataclass
+class BenchConfig:
+    """A benchmark matrix."""
+
+    name: str = "bench"  # bench folder is <root>/<name>
+    root: str = "runs/bench"  # parent folder
+    base: str = "../household.yaml"  # training config every cell starts from (relative to this file)
+    strategies: dict[str, str] = field(default_factory=dict)  # label -> strategy YAML (relative)
+    envs: dict[str, list[str]] = field(default_factory=lambda: {"household": []})  # label -> overrides
+    seeds: list[int] = field(default_factory=lambda: [0])  # one cell per seed
+    overrides: list[str] = field(default_factory=list)  # applied to every cell (the shared budget)
+    shared_init: bool = True  # one SFT warm start per env, shared by all cells
+
+
+@dataclass
+class Cell:
+    strategy: str
+    env: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy}__{self.env}__s{self.seed}"
+
+
+def load_bench(path: str | Path) -> tuple[BenchConfig, Path]:
+    path = Path(path)
+    try:
+        cfg = from_dict(BenchConfig, read_yaml(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if not cfg.strategies:
+        raise ConfigError(f"{path}: strategies: at least one strategy is needed")
+    for label, strategy_file in cfg.strategies.items():
+        if not (path.parent / strategy_file).exists():
+            raise ConfigError(f"{path}: strategies.{label}: file {strategy_file!r} not found")
+    return cfg, path.parent
+
+
+def cells(cfg: BenchConfig) -> list[Cell]:
+    return [Cell(s, e, seed) for e in cfg.envs for s in cfg.strategies for seed in cfg.seeds]
+
+
+def _cell_config(bench: BenchConfig, folder: Path, cell: Cell, init_model: Path | None, extra: list[str]) -> Any:
+    """Base config <- strategy file <- env overrides <- bench overrides <- cell identity."""
+    from agentropy.configuration import parse_override
+    from agentropy.training.config import Config
+
+    data = deep_merge(read_yaml(folder / bench.base), read_yaml(folder / bench.strategies[cell.strategy]))
+    overrides = [*bench.envs[cell.env], *bench.overrides, *extra,
+                 f"run.name={cell.name}", f"run.root={Path(bench.root) / bench.name}", f"run.seed={cell.seed}"]
+    if init_model is not None:
+        overrides += [f"model.path={init_model}", "sft.enabled=false"]
+    for text in overrides:
+        data = deep_merge(data, parse_override(text))
+    cfg = from_dict(Config, data)
+    cfg.strategy.validate()
+    return cfg
+
+
+def _init_model(bench: BenchConfig, folder: Path, env: str, extra: list[str]) -> Path:
+    """SFT once per env (seed of the first cell), saved as the shared initial checkpoint."""
+    from agentropy.training.trainer import train
+
+    out = Path(bench.root) / bench.name / f"init__{env}"
+    model_dir = out / "final_model"
+    if (out / "done.json").exists():
+        return model_dir
+    cell = Cell("init", env, bench.seeds[0])
+    cfg = _cell_config(bench, folder, Cell(next(iter(bench.strategies)), env, bench.seeds[0]), None, extra)
+    cfg.run.name, cfg.train.iterations = out.name, 0
+    cfg.strategy = type(cfg.strategy)()
+    result = train(cfg)
+    (out / "done.json").write_text(json.dumps({"cell": cell.name, "sft_success": result.sft_success}))
+    return model_dir
+
+
+def run_bench(path: str | Path, extra_overrides: list[str] | None = None) -> Path:
+    """Run every unfinished cell of the bench, then write the report; returns the bench folder."""
+    from agentropy.evals.report import write_bench_report, write_run_report
+    from agentropy.training.trainer import train
+
+    bench, folder = load_bench(path)
+    extra = list(extra_overrides or [])
+    bench_dir = Path(bench.root) / bench.name
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    init_models = {env: _init_model(bench, folder, env, extra) if bench.shared_init else None for env in bench.envs}
+    for cell in cells(bench):
+        cell_dir = bench_dir / cell.name
+        if (cell_dir / "done.json").exists():
+            continue
+        cfg = _cell_config(bench, folder, cell, init_models[cell.env], extra)
+        resume = (cell_dir / "checkpoints").exists() and any((cell_dir / "checkpoints").glob("iter_*"))
+        t0 = time.perf_counter()
+        result = train(cfg, resume=resume)
+        write_run_report(cell_dir)
+        (cell_dir / "done.json").write_text(json.dumps({
+            "cell": cell.name, "strategy": cell.strategy, "env": cell.env, "seed": cell.seed,
+            "sft_success": result.sft_success, "final_success": result.final_success,
+            "wall_s": time.perf_counter() - t0,
+        }))
+    write_bench_report(bench_dir, [c for c in cells(bench)])
+    return bench_dir

@@ -1,0 +1,233 @@
+"""The training loop of DESIGN.md, read top to bottom.
+
+    collect -> rewards -> recompute old log-probs and entropies -> advantages
+            -> mini-batch updates on reply tokens -> replay (SPEAR) -> metrics -> eval -> checkpoint
+
+The same code runs single-process on a CPU and as several processes under
+``accelerate launch`` (DDP on CPU or GPUs, FSDP via accelerate's config): each process rolls
+out its share of the tasks with its own generation backend, advantages are computed where
+whole groups live (a group never spans processes), and gradients are averaged by the
+accelerator. Every process takes the same number of optimizer steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentropy.configuration import save as save_config
+from agentropy.training import checkpoint as ckpt
+from agentropy.training.config import Config
+from agentropy.training.evaluation import evaluate_policy
+from agentropy.training.policy_update import UpdateState, iteration_update
+from agentropy.training.rollout import TaskSpec, collect
+from agentropy.training.run_log import RunLog
+from agentropy.training.setup import build_backend, load_policy, resolve_device
+from agentropy.training.sft import collect_demonstrations, train_sft
+from agentropy.training.trajectory import Trajectory, write_jsonl
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss or gradient is NaN/inf; the batch is saved in the run folder first."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    sft_success: float | None
+    final_success: float | None
+    iterations: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_tasks(cfg: Config, iteration: int, rank: int = 0, world: int = 1) -> list[TaskSpec]:
+    """The B tasks of one iteration: deterministic in (run seed, iteration), split across ranks."""
+    rng = random.Random(cfg.run.seed * 1_000_003 + iteration)
+    seeds = [rng.randrange(2**31) for _ in range(cfg.rollout.tasks_per_batch)]
+    tasks = [TaskSpec(seed=s, options={"split": cfg.env.train_split}) for s in seeds]
+    return tasks[rank::world]
+
+
+def _make_accelerator(cfg: Config) -> Any:
+    from accelerate import Accelerator
+
+    device = resolve_device(cfg.model.device)
+    return Accelerator(cpu=device.type == "cpu")
+
+
+def train(cfg: Config, resume: bool = False) -> TrainResult:
+    """Run SFT warm start (unless resuming) then RL; returns held-out success before/after."""
+    accelerator = _make_accelerator(cfg)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    run_dir = cfg.run.dir
+    seed_everything(cfg.run.seed + rank)
+
+    state_ckpt = ckpt.latest_checkpoint(run_dir) if resume else None
+    if resume and state_ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    log = RunLog(run_dir, tensorboard=cfg.run.tensorboard and main) if main else None
+
+    model, tokenizer = load_policy(cfg.model, device=accelerator.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    warmup = max(cfg.train.warmup_iterations, 0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: min(1.0, (it + 1) / warmup) if warmup else 1.0
+    )
+    update_state = UpdateState.create(cfg)
+    start_iteration, sft_success = 0, None
+    progress = _progress(cfg.run.progress and main)
+
+    with progress:
+        if state_ckpt is not None:
+            state = ckpt.load_checkpoint(state_ckpt)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            update_state.load_state_dict(state["extra"]["update_state"])
+            ckpt.set_rng_state(state["extra"]["rng_by_rank"][rank])
+            start_iteration = state["iteration"] + 1
+            sft_success = state["extra"].get("sft_success")
+            if log is not None:
+                log.truncate_after(state["iteration"])
+        elif cfg.sft.enabled:
+            pairs, demo_stats = collect_demonstrations(
+                cfg.env.id, cfg.env.kwargs, tokenizer, cfg.prompt, cfg.sft, cfg.env.train_split
+            )
+            stats = train_sft(model, tokenizer, pairs, cfg.sft, progress=progress)
+            if log is not None:
+                log.log(-1, "sft", {**demo_stats, **stats})
+
+        model, optimizer = accelerator.prepare(model, optimizer)
+        policy = accelerator.unwrap_model(model)
+        backend = build_backend(cfg.model, policy, tokenizer)
+
+        if state_ckpt is None:
+            report = evaluate_policy(backend, tokenizer, cfg, progress=progress, rank=rank, world=world)
+            report = _reduce_eval(accelerator, report)
+            sft_success = report["success_rate"]
+            if log is not None:
+                log.log(-1, "eval", report)
+
+        it_task = progress.add_task("RL", total=cfg.train.iterations, completed=start_iteration)
+        for iteration in range(start_iteration, cfg.train.iterations):
+            t0 = time.perf_counter()
+            backend.sync_weights(policy)
+            trajectories, rollout_stats = collect(
+                backend, tokenizer, cfg, train_tasks(cfg, iteration, rank, world), iteration,
+                update_state=update_state,
+            )
+            if cfg.run.save_trajectories:
+                write_jsonl(trajectories, run_dir / "trajectories" / f"iter_{iteration:06d}_rank{rank}.jsonl")
+            try:
+                update_stats = iteration_update(
+                    model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, update_state,
+                )
+            except NonFiniteLossError:
+                if main:
+                    write_jsonl(trajectories, run_dir / f"nonfinite_batch_iter_{iteration:06d}.jsonl")
+                raise
+            scheduler.step()
+            elapsed = time.perf_counter() - t0
+            metrics = _reduce_train(accelerator, {**rollout_stats, **update_stats, "time_s": elapsed,
+                                                  "lr": scheduler.get_last_lr()[0]}, trajectories)
+            if cfg.eval.every and (iteration + 1) % cfg.eval.every == 0 and iteration + 1 < cfg.train.iterations:
+                report = _reduce_eval(accelerator, evaluate_policy(backend, tokenizer, cfg, progress=progress,
+                                                                   rank=rank, world=world))
+                if log is not None:
+                    log.log(iteration, "eval", report)
+            if log is not None:
+                log.log(iteration, "train", metrics)
+            progress.update(it_task, advance=1, description=(
+                f"RL it {iteration + 1} success {metrics['success_rate']:.2f} "
+                f"H {metrics['entropy_mean']:.3f} {metrics.get('env_steps_per_s', 0):.0f} steps/s "
+                f"{metrics.get('tokens_per_s', 0):.0f} tok/s"))
+            last = iteration + 1 == cfg.train.iterations
+            interrupted = cfg.train.stop_after is not None and iteration + 1 >= cfg.train.stop_after and not last
+            if last or interrupted or (
+                cfg.train.checkpoint_every and (iteration + 1) % cfg.train.checkpoint_every == 0
+            ):
+                _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg)
+            if interrupted:
+                if log is not None:
+                    log.close()
+                return TrainResult(run_dir, sft_success, None, iteration + 1)
+
+        if cfg.train.iterations > 0:
+            final = _reduce_eval(accelerator, evaluate_policy(backend, tokenizer, cfg, progress=progress,
+                                                              rank=rank, world=world))
+            if log is not None:
+                log.log(cfg.train.iterations, "eval", final)
+        else:
+            final = {"success_rate": sft_success}
+        if log is not None:
+            log.close()
+        if main:
+            policy.save_pretrained(run_dir / "final_model")
+            tokenizer.save_pretrained(run_dir / "final_model")
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, sft_success, final["success_rate"], cfg.train.iterations)
+
+
+def _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg) -> None:
+    rng_states = accelerator.gather_for_metrics([ckpt.rng_state()], use_gather_object=True)
+    if accelerator.is_main_process:
+        extra = {"update_state": update_state.state_dict(), "rng_by_rank": rng_states, "sft_success": sft_success}
+        ckpt.save_checkpoint(run_dir, iteration, policy, optimizer, scheduler, extra, keep=cfg.train.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def _reduce_eval(accelerator, report: dict[str, Any]) -> dict[str, Any]:
+    """Combine per-process evaluation reports (episode-weighted means)."""
+    if accelerator.num_processes == 1:
+        return report
+    reports = accelerator.gather_for_metrics([report], use_gather_object=True)
+    total = sum(r["episodes"] for r in reports)
+    out = dict(reports[0])
+    for key, value in reports[0].items():
+        if isinstance(value, float):
+            out[key] = sum(r[key] * r["episodes"] for r in reports) / max(total, 1)
+    out["episodes"] = total
+    return out
+
+
+def _reduce_train(accelerator, stats: dict[str, Any], trajectories: list[Trajectory]) -> dict[str, Any]:
+    if accelerator.num_processes == 1:
+        return stats
+    gathered = accelerator.gather_for_metrics([stats], use_gather_object=True)
+    out = dict(stats)
+    for key, value in stats.items():
+        values = [g.get(key) for g in gathered]
+        if isinstance(value, float) and all(isinstance(v, (int, float)) for v in values):
+            out[key] = float(np.mean([v for v in values if not math.isnan(v)])) if values else value
+    return out
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled,
+    )
