@@ -10,6 +10,7 @@ last checkpoint with the config saved in the run folder.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.config:
             raise SystemExit("agentropy train: give a CONFIG file or --resume RUN_DIR")
         result = train(load_config(args.config, overrides))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under accelerate / torchrun only the main process reports
     from agentropy.evals.report import write_run_report
 
     report = write_run_report(result.run_dir)
