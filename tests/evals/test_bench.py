@@ -1,0 +1,63 @@
+"""A 2 strategies x 1 env x 2 seeds micro-bench: report and plots hold the runs' numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentropy.configuration import ConfigError
+from agentropy.evals.bench import load_bench, run_bench
+from agentropy.evals.report import run_summary
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def write_bench(tmp_path, strategies=("grpo", "epo")) -> Path:
+    micro = (CONFIGS / "bench" / "micro.yaml").read_text()
+    micro = micro.replace("root: runs/bench", f"root: {tmp_path / 'bench'}")
+    micro = micro.replace("base: ../household.yaml", f"base: {CONFIGS / 'household.yaml'}")
+    for name in ("grpo", "epo"):
+        micro = micro.replace(f"../strategies/{name}.yaml", str(CONFIGS / "strategies" / f"{name}.yaml"))
+    micro += f"  - model.tiny_dir={tmp_path / 'tiny'}\n  - run.progress=false\n"
+    path = tmp_path / "micro.yaml"
+    path.write_text(micro)
+    return path
+
+
+@pytest.mark.slow
+def test_micro_bench_report_holds_metrics(tmp_path):
+    bench_dir = run_bench(write_bench(tmp_path))
+    cells = sorted(p.name for p in bench_dir.iterdir() if (p / "done.json").exists())
+    assert cells == ["epo__household__s0", "epo__household__s1", "grpo__household__s0",
+                     "grpo__household__s1", "init__household"]
+    report = (bench_dir / "report.md").read_text()
+    summary = json.loads((bench_dir / "summary.json").read_text())
+    for strategy in ("grpo", "epo"):
+        sums = [run_summary(bench_dir / f"{strategy}__household__s{seed}") for seed in (0, 1)]
+        assert summary[f"{strategy}/household"] == sums
+        row = next(line for line in report.splitlines() if line.startswith(f"| {strategy} |"))
+        entropies = [s["entropy_mean"] for s in sums]
+        mean = sum(entropies) / 2
+        assert f"{mean:.3f}" in row, (row, entropies)
+    for png in ("household_entropy_vs_step.png", "household_train_success_vs_step.png",
+                "household_heldout_success_vs_step.png", "household_entropy_vs_turn.png"):
+        assert (bench_dir / "figures" / png).stat().st_size > 1000
+    # All cells start from the same SFT checkpoint and are scored on the same test tasks.
+    sft = {json.loads((bench_dir / c / "done.json").read_text())["sft_success"] for c in cells if c != "init__household"}
+    assert len(sft) == 1
+    # Re-running skips finished cells (resumable cell by cell).
+    before = (bench_dir / "grpo__household__s0" / "metrics.jsonl").read_text()
+    run_bench(write_bench(tmp_path))
+    assert (bench_dir / "grpo__household__s0" / "metrics.jsonl").read_text() == before
+
+
+def test_bench_config_errors_name_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("strategies: {grpo: nowhere.yaml}\n")
+    with pytest.raises(ConfigError, match="strategies.grpo"):
+        load_bench(path)
+    path.write_text("strategies: {}\nseedz: [1]\n")
+    with pytest.raises(ConfigError, match="seedz"):
+        load_bench(path)
