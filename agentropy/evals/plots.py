@@ -57,7 +57,7 @@ def plot_metric_by_step(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if runs_by_label:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -86,7 +86,8 @@ def plot_entropy_by_turn(
     ax.set_ylabel("mean token entropy (nats)")
     ax.set_title("Entropy by turn (last iteration)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -103,7 +104,8 @@ def plot_corridor(records: Records, path: str | Path, kappa_l: float, kappa_r: f
     ax.set_ylabel("entropy (nats)")
     ax.set_title("EPO entropy corridor")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -111,12 +111,12 @@ def test_model_round_trips_through_save_and_from_pretrained(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), same_seed.parameters(), strict=True))
 
 
-def test_default_size_is_a_few_million_parameters():
+def test_default_size_is_about_half_a_million_parameters():
     tokenizer = train_tokenizer([f"word{i} " * 3 for i in range(2000)], vocab_size=4096)
     model = build_model(tokenizer)
     n = sum(p.numel() for p in model.parameters())
     assert model.config.tie_word_embeddings and model.config.vocab_size == len(tokenizer)
-    assert 2e6 < n < 8e6
+    assert 3e5 < n < 1e6  # small enough for SFT + RL on a 2-core CPU in minutes
 
 
 def test_build_is_cached_and_rebuilt_only_when_the_request_changes(built):

@@ -213,7 +213,9 @@ def test_env_raising_at_a_random_turn_truncates_only_its_episodes(tokenizer, mod
 
 
 def test_hanging_env_and_killed_worker_are_reported_and_the_batch_completes(tokenizer):
-    cfg = _cfg(env_kwargs={"faults": {11: "hang", 12: "die"}}, env_workers="process", step_timeout_s=1.0)
+    # One worker per task, so the hang and the death never share a worker (under load their order varies).
+    cfg = _cfg(env_kwargs={"faults": {11: "hang", 12: "die"}}, env_workers="process", step_timeout_s=4.0,
+               num_workers=8)
     t0 = time.monotonic()
     trajs, metrics, _ = _run(tokenizer, cfg, _tasks(4))
     assert time.monotonic() - t0 < 30
