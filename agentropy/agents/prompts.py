@@ -8,7 +8,8 @@ sees its ChatML template. Layout (ALGORITHMS.md 0.2, "step-wise samples"):
 
 * system: the task, the action format ``<action>...</action>``, the admissible actions;
 * user: ``(N earlier turns omitted)``, then ``[Step i] Observation: ...`` / ``[Step i] Action:
-  ...`` for the remembered turns, then ``[Step t] Current observation: ...``.
+  ...`` for the remembered turns, then ``[Step t] Current observation: ...`` and, with
+  ``restate_task``, ``Your task is: ...`` once more.
 
 The prompt is kept under ``max_prompt_tokens``: the oldest remembered turns go first, then the
 tail of the admissible list. The task and the current observation are never cut; if they alone
@@ -48,6 +49,9 @@ class PromptConfig:
     """``str.format`` template with fields ``{task}``, ``{tag}`` and ``{admissible}``."""
     use_system_role: bool = True
     """False for chat templates without a system role: the system text opens the user message."""
+    restate_task: bool = True
+    """End the user message with ``Your task is: ...`` again: the task then sits at a nearly fixed
+    distance from the reply, which small models (and long contexts) pick up far more easily."""
 
     def __post_init__(self) -> None:
         if self.memory_turns < 0:
@@ -117,6 +121,8 @@ def build_messages(
         parts.append(f"({first} earlier turn{'s' if first != 1 else ''} omitted)\n")
     parts.extend(_turn_text(first + i + 1, turn) for i, turn in enumerate(history[first:]))
     parts.append(f"[Step {len(history) + 1}] Current observation: {observation}")
+    if cfg.restate_task:
+        parts.append(f"\nYour task is: {task}")
     user = "".join(parts)
     if cfg.use_system_role:
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -23,7 +23,7 @@ def _history(n: int) -> list[Turn]:
 
 
 def test_messages_hold_task_format_admissible_memory_and_observation():
-    cfg = PromptConfig(memory_turns=2)
+    cfg = PromptConfig(memory_turns=2, restate_task=False)
     system, user = build_messages(cfg, TASK, _history(5), "You see a fridge 1.", ["look", "open fridge 1"])
     assert system["role"] == "system" and user["role"] == "user"
     assert TASK in system["content"] and "<action>your action</action>" in system["content"]
@@ -37,7 +37,7 @@ def test_messages_hold_task_format_admissible_memory_and_observation():
 
 
 def test_first_turn_has_no_memory_and_admissible_can_be_hidden():
-    cfg = PromptConfig(show_admissible=False, action_tag="act")
+    cfg = PromptConfig(show_admissible=False, action_tag="act", restate_task=False)
     system, user = build_messages(cfg, TASK, [], "Hello.", ["look"])
     assert "Admissible" not in system["content"] and "<act>your action</act>" in system["content"]
     assert user["content"] == "[Step 1] Current observation: Hello."
@@ -49,7 +49,7 @@ def test_max_admissible_caps_the_list_with_a_count():
 
 
 def test_without_system_role_the_system_text_opens_the_user_message():
-    (only,) = build_messages(PromptConfig(use_system_role=False), TASK, [], "obs", [])
+    (only,) = build_messages(PromptConfig(use_system_role=False, restate_task=False), TASK, [], "obs", [])
     assert only["role"] == "user" and only["content"].startswith("You are an agent") and only["content"].endswith("obs")
 
 
@@ -128,3 +128,8 @@ def test_budget_path_renders_only_a_few_times(tokenizer, monkeypatch):
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         PromptConfig(**kwargs)
+
+
+def test_restated_task_closes_the_user_message():
+    _, user = build_messages(PromptConfig(), TASK, [], "obs", [])
+    assert user["content"].endswith(f"[Step 1] Current observation: obs\nYour task is: {TASK}")
