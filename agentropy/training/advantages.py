@@ -299,6 +299,13 @@ class AdvantageResult:
     base: Tensor
     step: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    plain_base: Tensor | None = None  # GRPO/GiGPO before CANON replaced it: the sign SPEAR's buffer tests (12(d))
+
+    @property
+    def buffer_sign_source(self) -> Tensor:
+        """The advantage whose sign decides SPEAR's buffer entry: the plain group baseline
+        ``R_i - mean_G R`` (6.2 step 6; with CANON on, not CANON's advantage, ALGORITHMS-MORE.md 12(d))."""
+        return self.base if self.plain_base is None else self.plain_base
 
 
 def compose_advantages(
@@ -313,6 +320,7 @@ def compose_advantages(
     anchor_obs: Sequence[Hashable] | None = None,
     step_rewards: FloatsLike | None = None,
     step_keys: Sequence[Hashable] | None = None,
+    iteration: int = 0,
 ) -> AdvantageResult:
     """Base -> EMPG (incl. zero mean) -> AEPO token factor, in the fixed order of
     ALGORITHMS.md 6.2 steps 3-5 / C11; nothing is renormalised after the AEPO factor.
@@ -328,8 +336,16 @@ def compose_advantages(
     each sample is (a branch's copied prefix step carries its origin's key, e.g.
     ``(step.info.get("prefix_of", traj_id), turn)``) and ``advantage.shared_prefix`` says how
     copies count (6.3 C7).
+
+    CANON (``cfg.canon``, ALGORITHMS-MORE.md 12, 13.2 step 4), when enabled, is the base: it
+    replaces the GRPO group baseline, or GiGPO's episode term ``A^E`` only (``A = A^CANON +
+    omega A^S``); ``iteration`` drives its ``mu`` schedule. EMPG and the AEPO factor then
+    act on it unchanged. ``plain_base`` keeps the base it replaced (SPEAR's buffer sign). Pass
+    main samples only: ArbEPO regularisation rows bypass all of this (C19).
     """
     advantage, empg, aepo = cfg.advantage, cfg.empg, cfg.aepo
+    canon = getattr(cfg, "canon", None)
+    plain_base: Tensor | None = None
     n = entropy.shape[0]
     if advantage.estimator == "grpo":
         returns = _as_vector(episode_returns, "episode_returns")
@@ -362,6 +378,18 @@ def compose_advantages(
         raise ValueError(f"advantage.estimator must be 'grpo' or 'gigpo', got {advantage.estimator!r}")
     if base.numel() != n:
         raise ValueError(f"episode_returns has {base.numel()} entries for {n} rows of entropy")
+    if canon is not None and canon.enabled:
+        from agentropy.training.canon import canon_advantages
+
+        canon_adv, canon_metrics = canon_advantages(
+            _as_vector(episode_returns, "episode_returns"), entropy.detach(), mask, group_ids, traj_ids,
+            canon, step=iteration,
+        )
+        plain_base = base
+        base = canon_adv.double()
+        if advantage.estimator == "gigpo":
+            base = base + advantage.omega * result.step.double()
+        metrics.update(canon_metrics)
     valid = mask.bool().any(-1).cpu()
     metrics["adv/base_mean"] = float(base[valid].mean()) if valid.any() else 0.0
     metrics["adv/base_abs_mean"] = float(base[valid].abs().mean()) if valid.any() else 0.0
@@ -400,7 +428,8 @@ def compose_advantages(
                 }
             )
     dtype = entropy.dtype
-    return AdvantageResult(token_advantages=tokens, base=base.to(dtype), step=step.to(dtype), metrics=metrics)
+    return AdvantageResult(token_advantages=tokens, base=base.to(dtype), step=step.to(dtype), metrics=metrics,
+                           plain_base=None if plain_base is None else plain_base.to(dtype))
 
 
 # ---------------------------------------------------------------------------------------

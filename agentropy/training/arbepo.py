@@ -23,60 +23,19 @@ import copy
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from agentropy.training.advantages import grpo
+from agentropy.training.strategy_config import ArbEPOConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 from agentropy.training.trajectory import Trajectory
 
 REGULARIZATION_KIND = "regularization"
 REGULARIZATION_PREFIX = "reg-"
 
 TaskT = TypeVar("TaskT")
-
-
-@dataclass
-class ArbEPOConfig:
-    """ArbEPO (ALGORITHMS-MORE.md 11(b), 11(c), 14)."""
-
-    enabled: bool = False  # turn ArbEPO on
-    target_entropy: float = 0.5  # H*: T_high while H_state <= H*, else T_low (entropy_base; README headline run 0.75)
-    temperature_high: float = 1.2  # T_high, heats while entropy is at or below the target (config.py)
-    temperature_low: float = 0.8  # T_low, cools while entropy is above the target (config.py)
-    task_fraction: float = 0.25  # share of the iteration's tasks played again at T_k (first ones; at least 1) (hard-coded 1/4)
-    samples_per_task: int | None = None  # n episodes per regularisation task; null = rollout.group_size
-    adv_threshold: float = 0.05  # keep episodes with GRPO advantage > this within their T_k group (hard-coded)
-    reg_ratio: float = 60 / 2560  # r_reg: N_reg = max(1, round(r_reg N_main)) trajectories (11(b)(ii): 60 at the paper's 2560)
-    reg_max: int | None = None  # fixed N_reg instead of the ratio (code: reinforce_sample_num 60); null = ratio
-    halve_above_target: bool = True  # n_reg = floor(min(N_reg, kept) / 2) while above the target (hard-coded)
-    mix: Literal["add", "replace"] = "add"  # add to the main batch (paper form, 14) or replace the first n_reg main trajectories (code)
-    reg_token_weight: float = 1.0  # multiplies the per-token loss of regularisation tokens (add mode: alpha = this x their token share)
-    entropy_state: Literal["full_old", "surprisal_update"] = "full_old"  # H_state: main-batch full entropy of the recompute (14) or update-batch surprisal (code)
-
-    def __post_init__(self) -> None:
-        if not self.temperature_high > 0.0 or not self.temperature_low > 0.0:
-            raise ValueError("arbepo.temperature_high and arbepo.temperature_low must be > 0, got "
-                             f"{self.temperature_high} and {self.temperature_low}")
-        if not self.temperature_low <= self.temperature_high:
-            raise ValueError(f"arbepo.temperature_low ({self.temperature_low}) must be <= "
-                             f"arbepo.temperature_high ({self.temperature_high})")
-        if not 0.0 < self.task_fraction <= 1.0:
-            raise ValueError(f"arbepo.task_fraction must be in (0, 1], got {self.task_fraction}")
-        if self.samples_per_task is not None and self.samples_per_task < 1:
-            raise ValueError(f"arbepo.samples_per_task must be >= 1 or null, got {self.samples_per_task}")
-        if not self.reg_ratio > 0.0:
-            raise ValueError(f"arbepo.reg_ratio must be > 0, got {self.reg_ratio}")
-        if self.reg_max is not None and self.reg_max < 1:
-            raise ValueError(f"arbepo.reg_max must be >= 1 or null, got {self.reg_max}")
-        if self.mix not in ("add", "replace"):
-            raise ValueError(f"arbepo.mix must be 'add' or 'replace', got {self.mix!r}")
-        if not self.reg_token_weight >= 0.0:
-            raise ValueError(f"arbepo.reg_token_weight must be >= 0, got {self.reg_token_weight}")
-        if self.entropy_state not in ("full_old", "surprisal_update"):
-            raise ValueError(f"arbepo.entropy_state must be 'full_old' or 'surprisal_update', got {self.entropy_state!r}")
 
 
 class TemperatureController:

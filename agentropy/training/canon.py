@@ -18,54 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from agentropy.training.entropy import IdsLike, group_index, turn_entropy
+from agentropy.training.strategy_config import CANONConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 
 FloatsLike = Sequence[float] | Tensor | np.ndarray
-
-
-@dataclass
-class CANONConfig:
-    """CANON-entropy (ALGORITHMS-MORE.md 12(b), 12(c), 14)."""
-
-    enabled: bool = False  # turn CANON on (replaces the GRPO group baseline / GiGPO's A^E)
-    mu: float = 1.0  # inter-group weight (_lambda, "mu in Eq. 5"); 1/2 = Dr.GRPO, 0 = within-half only (setups.sh)
-    alpha: float = 1.0  # "alpha in Eq. 8": > 1 favours low-entropy trajectories (setups.sh)
-    beta: float = 0.0  # code-only offset added to C+ and subtracted from C- inter terms (function default)
-    metric: Literal["turn_mean", "token_mean", "num_turns", "batch_order"] = "turn_mean"  # split metric: turn-averaged entropy (14), token mean (code), trajectory length, batch order (dr_random)
-    schedule: Literal["constant", "anneal", "cosine_restart", "cosine_restart_r"] = "constant"  # mu_k: fixed, batch accuracy (_annel), 1 - cosR(k; 0.6, 0), cosR(k; 1.0, 0.4)
-    schedule_total: int = 150  # total steps of the cosine-restart schedule (total_epochs, hard-coded)
-    schedule_warmup: int = 30  # linear warm-up steps of the cosine-restart schedule (hard-coded)
-    schedule_cycles: int = 3  # cosine cycles after the warm-up (hard-coded)
-    restart_intra_max: float = 0.6  # cosine_restart: intra weight w_k = cosR(k; max, min), mu = 1 - w_k
-    restart_intra_min: float = 0.0  # cosine_restart: lower end of the intra weight
-    restart_r_max: float = 1.0  # cosine_restart_r: mu_k = cosR(k; max, min)
-    restart_r_min: float = 0.4  # cosine_restart_r: lower end of mu
-    std_norm: bool = False  # divide by the group's reward std + std_eps (canon_std_norm; none in the source)
-    std_eps: float = 1e-6  # epsilon of the std normalisation
-    length_norm: float = 1.0  # L_norm dividing A: 1 with agentropy's agg modes (the -norm mode already divides by L_max); L_max = the code's seq-mean-token-sum
-    recenter_odd_groups: bool = False  # subtract the group mean of A in odd groups, where the formula sums to mu * Delta (12(f) T3); off = code
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("turn_mean", "token_mean", "num_turns", "batch_order"):
-            raise ValueError(f"canon.metric must be turn_mean, token_mean, num_turns or batch_order, got {self.metric!r}")
-        if self.schedule not in ("constant", "anneal", "cosine_restart", "cosine_restart_r"):
-            raise ValueError(f"canon.schedule must be constant, anneal, cosine_restart or cosine_restart_r, got {self.schedule!r}")
-        if not self.schedule_total > self.schedule_warmup >= 1:
-            raise ValueError(f"canon.schedule_total ({self.schedule_total}) must exceed canon.schedule_warmup "
-                             f"({self.schedule_warmup}) >= 1")
-        if not 1 <= self.schedule_cycles <= self.schedule_total - self.schedule_warmup:
-            raise ValueError(f"canon.schedule_cycles must be in [1, schedule_total - schedule_warmup], got {self.schedule_cycles}")
-        if not self.length_norm > 0.0:
-            raise ValueError(f"canon.length_norm must be > 0, got {self.length_norm}")
-        if not self.std_eps > 0.0:
-            raise ValueError(f"canon.std_eps must be > 0, got {self.std_eps}")
 
 
 def cos_restart(k: int, vmax: float, vmin: float, total: int = 150, warmup: int = 30, cycles: int = 3) -> float:

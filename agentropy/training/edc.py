@@ -19,46 +19,12 @@ untouched (keep factor 1). Metrics are Python floats (once per iteration).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from agentropy.training.entropy import token_entropy
-
-
-@dataclass
-class ClipBConfig:
-    """Clip_B, batch-normalised discriminator clipping (ALGORITHMS-MORE.md 10(b), 10(c))."""
-
-    enabled: bool = False  # turn Clip_B on
-    mu: float = 2.5  # drop A < 0 tokens with S - mean(S) < -mu std(S) (clipb.yaml)
-    min_std: float = 1e-12  # keep every token when std(S) is below this (code)
-
-    def __post_init__(self) -> None:
-        if not self.mu >= 0.0:
-            raise ValueError(f"clip_b.mu must be >= 0, got {self.mu}")
-        if not self.min_std >= 0.0:
-            raise ValueError(f"clip_b.min_std must be >= 0, got {self.min_std}")
-
-
-@dataclass
-class ClipVConfig:
-    """Clip_V, vocabulary-normalised discriminator clipping (ALGORITHMS-MORE.md 10(b), 10(c))."""
-
-    enabled: bool = False  # turn Clip_V on
-    mu: float = 8.5  # candidates: A < 0 and D > mu std(D) (clipv.yaml / default_args; not mean-centred, as the code)
-    max_frac: float = 1e-4  # cap: at most max(floor(max_frac n), 1) tokens dropped, the largest D first (code)
-    clip_zero_adv: bool = False  # also drop A = 0 tokens, uncapped by their count (Clip_V code parity); default A < 0 only
-    min_std: float = 1e-12  # keep every token when std(D) is below this (code)
-
-    def __post_init__(self) -> None:
-        if not self.mu >= 0.0:
-            raise ValueError(f"clip_v.mu must be >= 0, got {self.mu}")
-        if not 0.0 < self.max_frac <= 1.0:
-            raise ValueError(f"clip_v.max_frac must be in (0, 1], got {self.max_frac}")
-        if not self.min_std >= 0.0:
-            raise ValueError(f"clip_v.min_std must be >= 0, got {self.min_std}")
+from agentropy.training.strategy_config import ClipBConfig, ClipVConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 
 
 @torch.no_grad()

@@ -166,6 +166,7 @@ def sg_clipped_surrogate(
     only_high_entropy: bool = False,
     token_weights: Tensor | None = None,
     normalizer: float | None = None,
+    exempt: Tensor | None = None,
 ) -> tuple[Tensor, Stats]:
     """AEPO entropy-clipping-balanced surrogate: stop-gradient in the upper clip bound
     (ALGORITHMS.md 4(b)(iii)):
@@ -182,18 +183,20 @@ def sg_clipped_surrogate(
     the mean, and uses the plain clip elsewhere; it needs ``entropy [B, L]`` (detached here).
     Stats add ``sg_frac`` (valid tokens that keep the ``1 + eps_h`` gradient) and
     ``sg_grad_share`` (their share of ``sum_j |F_j A_j|``: the clipped-token gradient share).
+    ``exempt`` (bool rows ``[B]`` or tokens ``[B, L]``, e.g. ArbEPO regularisation rows) get the
+    plain clip and take no part in the entropy mean (ALGORITHMS-MORE.md 13.2 step 8, C19).
     """
     logp, old, adv, m = _prepare(logprobs, old_logprobs, advantages, mask)
     ratio = _ratio(logp, old)
-    eligible = m
+    eligible = m if exempt is None else m & ~token_flags(exempt, m)
     if only_high_entropy:
         if entropy is None:
             raise ValueError("only_high_entropy=True needs the entropy tensor")
         if entropy.shape != m.shape:
             raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(m.shape)} differ in shape")
-        h = _masked(entropy.detach(), m)
-        mean = h.sum() / m.sum().clamp_min(1)
-        eligible = m & (h > mean)
+        h = _masked(entropy.detach(), eligible)
+        mean = h.sum() / eligible.sum().clamp_min(1)
+        eligible = eligible & (h > mean)
     const_hi = torch.full_like(ratio, 1.0 + clip_high)
     # value 1 + eps_h, gradient (1 + eps_h) d log pi; the floor keeps 0 * inf out of the backward
     sg_ratio = ratio.detach().clamp_min(torch.finfo(ratio.dtype).tiny)
@@ -439,6 +442,10 @@ def policy_loss(
     ref_logprobs: Tensor | None = None,
     generator: torch.Generator | None = None,
     normalizer: float | None = None,
+    token_weights: Tensor | None = None,
+    keep_mask: Tensor | None = None,
+    pg_normalizer: float | None = None,
+    exempt: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The on-policy actor loss of ALGORITHMS.md 6.2 step 7, assembled from ``cfg`` (a
     :class:`strategy_config.StrategyConfig`):
@@ -456,10 +463,24 @@ def policy_loss(
     ``K``). ``normalizer`` defaults to ``policy_loss.agg_max_len`` in
     ``seq-mean-token-sum-norm`` mode. Returns the loss and float stats (surrogate stats,
     ``clip_cov_frac``, the ``epo/*`` metrics, ``loss/pg``, ``loss/epo``, ``loss/kl``).
+
+    Per-token additions of ALGORITHMS-MORE.md 13.2 step 8 (all optional, all ``[B, L]``):
+    ``token_weights`` (detached, e.g. STEER's ``w`` and ArbEPO's ``reg_token_weight``) multiply the
+    per-token policy-gradient loss, together with Clip-Cov's ``kappa``; ``keep_mask`` (the EDC
+    keep factor) multiplies the mask of the **policy-gradient term only** (``m' = m k``, its
+    denominator ``sum m'``; EPO, the entropy bonus and KL keep ``m``, C22), and
+    ``pg_normalizer`` then replaces the PG term's denominator (the trainer passes the value that
+    makes micro-batches add up to the mini-batch's ``sum m'``). ``exempt`` (bool rows ``[B]`` or
+    tokens ``[B, L]``: ArbEPO regularisation samples) are left out of every statistic (Clip-Cov
+    covariance and draw, AEPO's high-entropy mean, EPO's trajectory terms, C19) and get no
+    Clip-Cov mask and no sg bound: plain dual-clip PPO.
     """
     pl, epo = cfg.policy_loss, cfg.epo
     if normalizer is None and pl.agg == "seq-mean-token-sum-norm":
         normalizer = pl.agg_max_len
+    stat_mask = mask if exempt is None else _masked(mask, ~token_flags(exempt, mask.bool()))
+    pg_mask = mask if keep_mask is None else mask * keep_mask.detach().to(mask.dtype)
+    pg_norm = normalizer if pg_normalizer is None else pg_normalizer
     needs_entropy = (
         epo.enabled
         or pl.entropy_coef > 0
@@ -475,17 +496,17 @@ def policy_loss(
     stats: Stats = {}
     if cfg.kl_cov.enabled:
         loss, stats = kl_cov_loss(
-            logprobs, old_logprobs, advantages, mask, cfg.kl_cov.ratio, cfg.kl_cov.kl_coef, pl.agg, normalizer
+            logprobs, old_logprobs, advantages, pg_mask, cfg.kl_cov.ratio, cfg.kl_cov.kl_coef, pl.agg, pg_norm
         )
     else:
-        weights = None
+        weights = None if token_weights is None else token_weights.detach()
         if cfg.clip_cov.enabled:
             cc = cfg.clip_cov
-            weights, stats = clip_cov_mask(
+            kappa, stats = clip_cov_mask(
                 logprobs,
                 old_logprobs,
                 advantages,
-                mask,
+                pg_mask * stat_mask,
                 cc.ratio,
                 cc.cov_lb,
                 cc.cov_ub,
@@ -493,26 +514,28 @@ def policy_loss(
                 pl.clip_high,
                 generator,
             )
+            weights = kappa if weights is None else kappa * weights
         common = dict(
             clip_low=pl.clip_low,
             clip_high=pl.clip_high,
             dual_clip=pl.dual_clip,
             agg=pl.agg,
             token_weights=weights,
-            normalizer=normalizer,
+            normalizer=pg_norm,
         )
         if cfg.aepo.enabled and cfg.aepo.sg_clip:
             loss, pg_stats = sg_clipped_surrogate(
                 logprobs,
                 old_logprobs,
                 advantages,
-                mask,
+                pg_mask,
                 entropy=entropy,
                 only_high_entropy=cfg.aepo.sg_clip_high_entropy_only,
+                exempt=exempt,
                 **common,
             )
         else:
-            loss, pg_stats = clipped_surrogate(logprobs, old_logprobs, advantages, mask, **common)
+            loss, pg_stats = clipped_surrogate(logprobs, old_logprobs, advantages, pg_mask, **common)
         stats.update(pg_stats)
     stats["loss/pg"] = loss.detach()
     if epo.enabled:
@@ -520,7 +543,7 @@ def policy_loss(
             raise ValueError("policy_loss: EPO needs traj_ids")
         term, epo_stats = epo_loss_terms(
             entropy,
-            mask,
+            stat_mask,
             traj_ids,
             turn_reference,
             iteration,
@@ -550,6 +573,18 @@ def policy_loss(
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def token_flags(flags: Tensor, m: Tensor) -> Tensor:
+    """Bool ``[B, L]`` from row flags ``[B]`` or token flags ``[B, L]`` matching ``m``."""
+    f = flags.to(device=m.device, dtype=torch.bool)
+    if f.dim() == 1:
+        if f.numel() != m.shape[0]:
+            raise ValueError(f"row flags have {f.numel()} entries for {m.shape[0]} rows")
+        return f.unsqueeze(-1).expand(m.shape)
+    if f.shape != m.shape:
+        raise ValueError(f"flags {tuple(f.shape)} must be [B] or match the mask {tuple(m.shape)}")
+    return f
 
 
 def _ratio(logp: Tensor, old: Tensor) -> Tensor:

@@ -83,12 +83,16 @@ def pack(prompts: list[list[int]], replies: list[list[int]], pad_id: int) -> Pac
 
 
 def reply_logprobs_and_entropy(
-    model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0, return_logits: bool = False
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-prob of each reply token and full-vocabulary entropy at ``temperature``.
 
     Returns two ``[N, R]`` float32 tensors (zeros where ``response_mask`` is 0). Gradients
     flow when called outside ``torch.no_grad``; the entropy keeps its gradient (EPO needs it).
+    ``return_logits=True`` also returns the reply logits ``[N, R, V]`` (float32, already divided
+    by ``temperature``, with gradient): SIREN's nucleus entropy and Clip_V's ``E_q[S]`` need the
+    whole distribution (ALGORITHMS-MORE.md 9, 10). Off by default, so the common path keeps no
+    ``[N, R, V]`` tensor alive beyond the entropy computation.
     """
     r = batch.reply_width
     out = model(
@@ -106,4 +110,6 @@ def reply_logprobs_and_entropy(
     mask = batch.response_mask.to(logits.dtype)
     logprobs = (chosen - log_norm) * mask
     entropy = token_entropy(logits) * mask
+    if return_logits:
+        return logprobs, entropy, logits
     return logprobs, entropy

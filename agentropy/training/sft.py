@@ -33,6 +33,7 @@ class SFTConfig:
     max_turns: int = 50  # cap on demonstration length
     seed: int = 0  # seeds task sampling and noise
     weight_decay: float = 0.0  # AdamW weight decay
+    prompt_loss_weight: float = 0.0  # weight of next-token loss on prompt tokens (0 = replies only, as TRL's completion-only loss)
 
 
 def format_reply(action: str, tag: str = "action") -> str:
@@ -86,27 +87,42 @@ def collect_demonstrations(
 
 def _pad_batch(
     pairs: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 outside replies)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding) and
+    ``is_reply`` (1 on reply tokens, 0 on prompt tokens)."""
     length = max(len(p) + len(r) for p, r in pairs)
     input_ids = torch.full((len(pairs), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(pairs), length), dtype=torch.long)
     labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    is_reply = torch.zeros((len(pairs), length), dtype=torch.float32)
     for i, (prompt, reply) in enumerate(pairs):
         seq = prompt + reply
         input_ids[i, : len(seq)] = torch.tensor(seq)
         attention[i, : len(seq)] = 1
-        labels[i, len(prompt) : len(seq)] = torch.tensor(reply)
-    return input_ids.to(device), attention.to(device), labels.to(device)
+        labels[i, : len(seq)] = torch.tensor(seq)
+        is_reply[i, len(prompt) : len(seq)] = 1.0
+    return input_ids.to(device), attention.to(device), labels.to(device), is_reply.to(device)
 
 
-def sft_loss(model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy over reply tokens (labels != -100)."""
+def sft_loss(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention: torch.Tensor, labels: torch.Tensor,
+    is_reply: torch.Tensor, prompt_loss_weight: float = 0.0,
+) -> torch.Tensor:
+    """Next-token cross entropy: mean over reply tokens, plus ``prompt_loss_weight`` times the
+    mean over prompt tokens. The prompt term teaches a tiny from-scratch model the language of
+    the env (entity names recur across observations and actions), the part of pretraining a
+    real checkpoint already has; keep it 0 for pretrained models."""
     logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-    targets = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-    )
+    targets, reply = labels[:, 1:], is_reply[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(reply)
+    valid = (targets != -100).float()
+    loss = (per_token * reply).sum() / reply.sum().clamp(min=1.0)
+    if prompt_loss_weight > 0:
+        prompt = valid * (1.0 - reply)
+        loss = loss + prompt_loss_weight * (per_token * prompt).sum() / prompt.sum().clamp(min=1.0)
+    return loss
 
 
 def train_sft(
@@ -133,7 +149,7 @@ def train_sft(
         rng.shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
             batch = [pairs[i] for i in order[start : start + cfg.batch_size]]
-            loss = sft_loss(model, *_pad_batch(batch, pad_id, device))
+            loss = sft_loss(model, *_pad_batch(batch, pad_id, device), cfg.prompt_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             if accelerator is not None:
                 accelerator.backward(loss)

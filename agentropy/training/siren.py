@@ -18,42 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from agentropy.training.entropy import IdsLike, group_index
+from agentropy.training.strategy_config import SIRENConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 
 Stats = dict[str, Tensor]
-
-
-@dataclass
-class SIRENConfig:
-    """SIREN's selective anchored entropy penalty (ALGORITHMS-MORE.md 9(b), 9(c), 14)."""
-
-    enabled: bool = False  # turn SIREN on
-    coef: float = 0.005  # lambda_H, weight of (H^sel - H_anchor)^2 (siren.sh entropy_coeff)
-    top_p: float = 0.8  # P: nucleus mass; the token whose cumulative sum reaches P is excluded (entropy_topp)
-    top_k: int = 10000  # K: candidates considered for the nucleus (entropy_topk)
-    quantile: float = 0.8  # q: positions with H^P > the q-quantile of their row are selected (mask_ratio)
-    row: Literal["trajectory", "turn"] = "trajectory"  # unit of the quantile and of s_i: whole trajectory (14 default) or step-sample (code)
-    anchor: Literal["global", "per_turn"] = "global"  # one anchor (code) or one per turn index with global fallback (14 option)
-
-    def __post_init__(self) -> None:
-        if not self.coef >= 0.0:
-            raise ValueError(f"siren.coef must be >= 0, got {self.coef}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"siren.top_p must be in (0, 1], got {self.top_p}")
-        if not self.top_k >= 1:
-            raise ValueError(f"siren.top_k must be >= 1, got {self.top_k}")
-        if not 0.0 <= self.quantile <= 1.0:
-            raise ValueError(f"siren.quantile must be in [0, 1], got {self.quantile}")
-        if self.row not in ("trajectory", "turn"):
-            raise ValueError(f"siren.row must be 'trajectory' or 'turn', got {self.row!r}")
-        if self.anchor not in ("global", "per_turn"):
-            raise ValueError(f"siren.anchor must be 'global' or 'per_turn', got {self.anchor!r}")
 
 
 class NucleusEntropyError(RuntimeError):

@@ -23,40 +23,13 @@ micro-batch alone (code parity, no extra pass).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
+from agentropy.training.strategy_config import STEERConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
+
 Stats = dict[str, Tensor]
-
-
-@dataclass
-class STEERConfig:
-    """STEER token weights (ALGORITHMS-MORE.md 8(b), 8(c))."""
-
-    enabled: bool = False  # turn STEER on
-    mode: Literal["exp", "linear"] = "exp"  # w = clip(exp(-k|Omega|), w_min, 1) (paper, run_exp*.sh) or the linear ramp (run_linear*.sh)
-    w_min: float = 0.8  # token_weight_min: the weight of the largest |Omega| (all scripts)
-    w_max: float = 1.2  # token_weight_max: weight of the smallest |Omega|, linear mode only (linear scripts; exp ignores it)
-    floor: float = 0.02  # lower bound on Omega_max in k = -ln(w_min) / max(Omega_max, floor) (hard-coded in the code)
-    prob_eps: float = 1e-8  # p clamped to [eps, 1 - eps], q to [eps, 1] before Omega (code clamps)
-    stat_scope: Literal["minibatch", "micro"] = "minibatch"  # min/max of |Omega| over the mini-batch ([default]) or each micro-batch (code)
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("exp", "linear"):
-            raise ValueError(f"steer.mode must be 'exp' or 'linear', got {self.mode!r}")
-        if not 0.0 < self.w_min <= 1.0:
-            raise ValueError(f"steer.w_min must be in (0, 1], got {self.w_min}")
-        if self.mode == "linear" and not self.w_max >= self.w_min:
-            raise ValueError(f"steer.w_max must be >= steer.w_min ({self.w_min}) in linear mode, got {self.w_max}")
-        if not self.floor > 0.0:
-            raise ValueError(f"steer.floor must be > 0, got {self.floor}")
-        if not 0.0 < self.prob_eps < 0.5:
-            raise ValueError(f"steer.prob_eps must be in (0, 0.5), got {self.prob_eps}")
-        if self.stat_scope not in ("minibatch", "micro"):
-            raise ValueError(f"steer.stat_scope must be 'minibatch' or 'micro', got {self.stat_scope!r}")
 
 
 @torch.no_grad()

@@ -6,6 +6,11 @@ the documented one (section in the comment). A strategy is configuration, not a 
 of ALGORITHMS.md 6.2. :meth:`StrategyConfig.validate` turns the conflict resolutions of 6.3
 into checks: contradictory settings raise, risky-but-legal ones come back as warnings.
 
+The five methods of ALGORITHMS-MORE.md (STEER, SIREN, Clip_B / Clip_V, ArbEPO, CANON) have
+their blocks here too (their modules re-export them); the trainer applies them in the order of
+ALGORITHMS-MORE.md 13.2, and :func:`controllers.validate_controllers` adds the 13.3 checks
+(at most one closed-loop entropy controller unless ``allow_multi_entropy_controllers``).
+
 In a YAML config the block lives under ``strategy:``; the shipped
 ``configs/strategies/*.yaml`` hold only overrides of it.
 """
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from agentropy.training.controllers import validate_controllers
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
@@ -144,6 +151,179 @@ class SPEARConfig:
     replay_clip_cov_ub: float = 60.0  # replay Clip-Cov upper bound (ALFWorld scripts; README 40) (5(d))
 
 
+# ---------------------------------------------------------------------------------------
+# The five methods of ALGORITHMS-MORE.md. Their math lives in steer.py, siren.py, edc.py,
+# arbepo.py and canon.py (which re-export these classes); the blocks are defined here so that
+# this module stays free of torch (env worker processes import it through the rollout).
+
+
+@dataclass
+class STEERConfig:
+    """STEER token weights (ALGORITHMS-MORE.md 8(b), 8(c))."""
+
+    enabled: bool = False  # turn STEER on
+    mode: Literal["exp", "linear"] = "exp"  # w = clip(exp(-k|Omega|), w_min, 1) (paper, run_exp*.sh) or the linear ramp (run_linear*.sh)
+    w_min: float = 0.8  # token_weight_min: the weight of the largest |Omega| (all scripts)
+    w_max: float = 1.2  # token_weight_max: weight of the smallest |Omega|, linear mode only (linear scripts; exp ignores it)
+    floor: float = 0.02  # lower bound on Omega_max in k = -ln(w_min) / max(Omega_max, floor) (hard-coded in the code)
+    prob_eps: float = 1e-8  # p clamped to [eps, 1 - eps], q to [eps, 1] before Omega (code clamps)
+    stat_scope: Literal["minibatch", "micro"] = "minibatch"  # min/max of |Omega| over the mini-batch ([default]) or each micro-batch (code)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("exp", "linear"):
+            raise ValueError(f"steer.mode must be 'exp' or 'linear', got {self.mode!r}")
+        if not 0.0 < self.w_min <= 1.0:
+            raise ValueError(f"steer.w_min must be in (0, 1], got {self.w_min}")
+        if self.mode == "linear" and not self.w_max >= self.w_min:
+            raise ValueError(f"steer.w_max must be >= steer.w_min ({self.w_min}) in linear mode, got {self.w_max}")
+        if not self.floor > 0.0:
+            raise ValueError(f"steer.floor must be > 0, got {self.floor}")
+        if not 0.0 < self.prob_eps < 0.5:
+            raise ValueError(f"steer.prob_eps must be in (0, 0.5), got {self.prob_eps}")
+        if self.stat_scope not in ("minibatch", "micro"):
+            raise ValueError(f"steer.stat_scope must be 'minibatch' or 'micro', got {self.stat_scope!r}")
+
+
+@dataclass
+class SIRENConfig:
+    """SIREN's selective anchored entropy penalty (ALGORITHMS-MORE.md 9(b), 9(c), 14)."""
+
+    enabled: bool = False  # turn SIREN on
+    coef: float = 0.005  # lambda_H, weight of (H^sel - H_anchor)^2 (siren.sh entropy_coeff)
+    top_p: float = 0.8  # P: nucleus mass; the token whose cumulative sum reaches P is excluded (entropy_topp)
+    top_k: int = 10000  # K: candidates considered for the nucleus (entropy_topk)
+    quantile: float = 0.8  # q: positions with H^P > the q-quantile of their row are selected (mask_ratio)
+    row: Literal["trajectory", "turn"] = "trajectory"  # unit of the quantile and of s_i: whole trajectory (14 default) or step-sample (code)
+    anchor: Literal["global", "per_turn"] = "global"  # one anchor (code) or one per turn index with global fallback (14 option)
+
+    def __post_init__(self) -> None:
+        if not self.coef >= 0.0:
+            raise ValueError(f"siren.coef must be >= 0, got {self.coef}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"siren.top_p must be in (0, 1], got {self.top_p}")
+        if not self.top_k >= 1:
+            raise ValueError(f"siren.top_k must be >= 1, got {self.top_k}")
+        if not 0.0 <= self.quantile <= 1.0:
+            raise ValueError(f"siren.quantile must be in [0, 1], got {self.quantile}")
+        if self.row not in ("trajectory", "turn"):
+            raise ValueError(f"siren.row must be 'trajectory' or 'turn', got {self.row!r}")
+        if self.anchor not in ("global", "per_turn"):
+            raise ValueError(f"siren.anchor must be 'global' or 'per_turn', got {self.anchor!r}")
+
+
+@dataclass
+class ClipBConfig:
+    """Clip_B, batch-normalised discriminator clipping (ALGORITHMS-MORE.md 10(b), 10(c))."""
+
+    enabled: bool = False  # turn Clip_B on
+    mu: float = 2.5  # drop A < 0 tokens with S - mean(S) < -mu std(S) (clipb.yaml)
+    min_std: float = 1e-12  # keep every token when std(S) is below this (code)
+
+    def __post_init__(self) -> None:
+        if not self.mu >= 0.0:
+            raise ValueError(f"clip_b.mu must be >= 0, got {self.mu}")
+        if not self.min_std >= 0.0:
+            raise ValueError(f"clip_b.min_std must be >= 0, got {self.min_std}")
+
+
+@dataclass
+class ClipVConfig:
+    """Clip_V, vocabulary-normalised discriminator clipping (ALGORITHMS-MORE.md 10(b), 10(c))."""
+
+    enabled: bool = False  # turn Clip_V on
+    mu: float = 8.5  # candidates: A < 0 and D > mu std(D) (clipv.yaml / default_args; not mean-centred, as the code)
+    max_frac: float = 1e-4  # cap: at most max(floor(max_frac n), 1) tokens dropped, the largest D first (code)
+    clip_zero_adv: bool = False  # also drop A = 0 tokens, uncapped by their count (Clip_V code parity); default A < 0 only
+    min_std: float = 1e-12  # keep every token when std(D) is below this (code)
+
+    def __post_init__(self) -> None:
+        if not self.mu >= 0.0:
+            raise ValueError(f"clip_v.mu must be >= 0, got {self.mu}")
+        if not 0.0 < self.max_frac <= 1.0:
+            raise ValueError(f"clip_v.max_frac must be in (0, 1], got {self.max_frac}")
+        if not self.min_std >= 0.0:
+            raise ValueError(f"clip_v.min_std must be >= 0, got {self.min_std}")
+
+
+@dataclass
+class ArbEPOConfig:
+    """ArbEPO (ALGORITHMS-MORE.md 11(b), 11(c), 14)."""
+
+    enabled: bool = False  # turn ArbEPO on
+    target_entropy: float = 0.5  # H*: T_high while H_state <= H*, else T_low (entropy_base; README headline run 0.75)
+    temperature_high: float = 1.2  # T_high, heats while entropy is at or below the target (config.py)
+    temperature_low: float = 0.8  # T_low, cools while entropy is above the target (config.py)
+    task_fraction: float = 0.25  # share of the iteration's tasks played again at T_k (first ones; at least 1) (hard-coded 1/4)
+    samples_per_task: int | None = None  # n episodes per regularisation task; null = rollout.group_size
+    adv_threshold: float = 0.05  # keep episodes with GRPO advantage > this within their T_k group (hard-coded)
+    reg_ratio: float = 60 / 2560  # r_reg: N_reg = max(1, round(r_reg N_main)) trajectories (11(b)(ii): 60 at the paper's 2560)
+    reg_max: int | None = None  # fixed N_reg instead of the ratio (code: reinforce_sample_num 60); null = ratio
+    halve_above_target: bool = True  # n_reg = floor(min(N_reg, kept) / 2) while above the target (hard-coded)
+    mix: Literal["add", "replace"] = "add"  # add to the main batch (paper form, 14) or replace the first n_reg main trajectories (code)
+    reg_token_weight: float = 1.0  # multiplies the per-token loss of regularisation tokens (add mode: alpha = this x their token share)
+    entropy_state: Literal["full_old", "surprisal_update"] = "full_old"  # H_state: main-batch full entropy of the recompute (14) or update-batch surprisal (code)
+
+    def __post_init__(self) -> None:
+        if not self.temperature_high > 0.0 or not self.temperature_low > 0.0:
+            raise ValueError("arbepo.temperature_high and arbepo.temperature_low must be > 0, got "
+                             f"{self.temperature_high} and {self.temperature_low}")
+        if not self.temperature_low <= self.temperature_high:
+            raise ValueError(f"arbepo.temperature_low ({self.temperature_low}) must be <= "
+                             f"arbepo.temperature_high ({self.temperature_high})")
+        if not 0.0 < self.task_fraction <= 1.0:
+            raise ValueError(f"arbepo.task_fraction must be in (0, 1], got {self.task_fraction}")
+        if self.samples_per_task is not None and self.samples_per_task < 1:
+            raise ValueError(f"arbepo.samples_per_task must be >= 1 or null, got {self.samples_per_task}")
+        if not self.reg_ratio > 0.0:
+            raise ValueError(f"arbepo.reg_ratio must be > 0, got {self.reg_ratio}")
+        if self.reg_max is not None and self.reg_max < 1:
+            raise ValueError(f"arbepo.reg_max must be >= 1 or null, got {self.reg_max}")
+        if self.mix not in ("add", "replace"):
+            raise ValueError(f"arbepo.mix must be 'add' or 'replace', got {self.mix!r}")
+        if not self.reg_token_weight >= 0.0:
+            raise ValueError(f"arbepo.reg_token_weight must be >= 0, got {self.reg_token_weight}")
+        if self.entropy_state not in ("full_old", "surprisal_update"):
+            raise ValueError(f"arbepo.entropy_state must be 'full_old' or 'surprisal_update', got {self.entropy_state!r}")
+
+
+@dataclass
+class CANONConfig:
+    """CANON-entropy (ALGORITHMS-MORE.md 12(b), 12(c), 14)."""
+
+    enabled: bool = False  # turn CANON on (replaces the GRPO group baseline / GiGPO's A^E)
+    mu: float = 1.0  # inter-group weight (_lambda, "mu in Eq. 5"); 1/2 = Dr.GRPO, 0 = within-half only (setups.sh)
+    alpha: float = 1.0  # "alpha in Eq. 8": > 1 favours low-entropy trajectories (setups.sh)
+    beta: float = 0.0  # code-only offset added to C+ and subtracted from C- inter terms (function default)
+    metric: Literal["turn_mean", "token_mean", "num_turns", "batch_order"] = "turn_mean"  # split metric: turn-averaged entropy (14), token mean (code), trajectory length, batch order (dr_random)
+    schedule: Literal["constant", "anneal", "cosine_restart", "cosine_restart_r"] = "constant"  # mu_k: fixed, batch accuracy (_annel), 1 - cosR(k; 0.6, 0), cosR(k; 1.0, 0.4)
+    schedule_total: int = 150  # total steps of the cosine-restart schedule (total_epochs, hard-coded)
+    schedule_warmup: int = 30  # linear warm-up steps of the cosine-restart schedule (hard-coded)
+    schedule_cycles: int = 3  # cosine cycles after the warm-up (hard-coded)
+    restart_intra_max: float = 0.6  # cosine_restart: intra weight w_k = cosR(k; max, min), mu = 1 - w_k
+    restart_intra_min: float = 0.0  # cosine_restart: lower end of the intra weight
+    restart_r_max: float = 1.0  # cosine_restart_r: mu_k = cosR(k; max, min)
+    restart_r_min: float = 0.4  # cosine_restart_r: lower end of mu
+    std_norm: bool = False  # divide by the group's reward std + std_eps (canon_std_norm; none in the source)
+    std_eps: float = 1e-6  # epsilon of the std normalisation
+    length_norm: float = 1.0  # L_norm dividing A: 1 with agentropy's agg modes (the -norm mode already divides by L_max); L_max = the code's seq-mean-token-sum
+    recenter_odd_groups: bool = False  # subtract the group mean of A in odd groups, where the formula sums to mu * Delta (12(f) T3); off = code
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("turn_mean", "token_mean", "num_turns", "batch_order"):
+            raise ValueError(f"canon.metric must be turn_mean, token_mean, num_turns or batch_order, got {self.metric!r}")
+        if self.schedule not in ("constant", "anneal", "cosine_restart", "cosine_restart_r"):
+            raise ValueError(f"canon.schedule must be constant, anneal, cosine_restart or cosine_restart_r, got {self.schedule!r}")
+        if not self.schedule_total > self.schedule_warmup >= 1:
+            raise ValueError(f"canon.schedule_total ({self.schedule_total}) must exceed canon.schedule_warmup "
+                             f"({self.schedule_warmup}) >= 1")
+        if not 1 <= self.schedule_cycles <= self.schedule_total - self.schedule_warmup:
+            raise ValueError(f"canon.schedule_cycles must be in [1, schedule_total - schedule_warmup], got {self.schedule_cycles}")
+        if not self.length_norm > 0.0:
+            raise ValueError(f"canon.length_norm must be > 0, got {self.length_norm}")
+        if not self.std_eps > 0.0:
+            raise ValueError(f"canon.std_eps must be > 0, got {self.std_eps}")
+
+
 @dataclass
 class StrategyConfig:
     """All strategy blocks. GRPO alone (everything disabled) is the baseline."""
@@ -156,10 +336,20 @@ class StrategyConfig:
     spear: SPEARConfig = field(default_factory=SPEARConfig)
     clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
+    steer: STEERConfig = field(default_factory=STEERConfig)  # ALGORITHMS-MORE.md 8
+    siren: SIRENConfig = field(default_factory=SIRENConfig)  # ALGORITHMS-MORE.md 9
+    clip_b: ClipBConfig = field(default_factory=ClipBConfig)  # ALGORITHMS-MORE.md 10
+    clip_v: ClipVConfig = field(default_factory=ClipVConfig)  # ALGORITHMS-MORE.md 10
+    arbepo: ArbEPOConfig = field(default_factory=ArbEPOConfig)  # ALGORITHMS-MORE.md 11
+    canon: CANONConfig = field(default_factory=CANONConfig)  # ALGORITHMS-MORE.md 12
+    allow_multi_entropy_controllers: bool = False  # allow 2+ of EPO smoothing / SIREN / ArbEPO (13.3 C15)
 
     def enabled(self) -> list[str]:
-        """Names of the enabled method blocks, in the order they act (6.2)."""
-        names = ("aepo", "spear", "empg", "clip_cov", "kl_cov", "epo")
+        """Names of the enabled method blocks, in the order they act (6.2, ALGORITHMS-MORE.md 13.2):
+        ArbEPO's controller and rollout, AEPO's branching, SPEAR's reward, CANON's base advantage,
+        EMPG, the EDC keep-mask, then the loss-side methods."""
+        names = ("arbepo", "aepo", "spear", "canon", "empg", "clip_b", "clip_v", "clip_cov", "kl_cov",
+                 "steer", "epo", "siren")
         return [name for name in names if getattr(self, name).enabled]
 
     def validate(self) -> list[str]:
@@ -275,6 +465,12 @@ class StrategyConfig:
             errors.append(
                 "strategy.clip_cov.enabled and strategy.kl_cov.enabled: both replace the on-policy loss; enable one"
             )
+        for name in ("steer", "clip_b", "clip_v"):
+            if klc.enabled and getattr(self, name).enabled:
+                errors.append(
+                    f"strategy.kl_cov.enabled with strategy.{name}.enabled: KL-Cov's loss takes no token "
+                    "weights or keep-mask; use the clipped surrogate (kl_cov off)"
+                )
         if klc.enabled and aepo.enabled and aepo.sg_clip:
             errors.append(
                 "strategy.kl_cov.enabled with strategy.aepo.sg_clip: KL-Cov has no clipping to put a stop-gradient in"
@@ -311,6 +507,7 @@ class StrategyConfig:
         )
         if errors:
             raise ValueError("invalid strategy config:\n  " + "\n  ".join(errors))
+        warnings += validate_controllers(self)
 
         if spear.enabled and spear.tolerate_steps > spear.tolerate_cap:
             warnings.append(

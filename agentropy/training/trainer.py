@@ -1,7 +1,8 @@
 """The training loop of DESIGN.md, read top to bottom.
 
-    collect -> rewards -> recompute old log-probs and entropies -> advantages
-            -> mini-batch updates on reply tokens -> replay (SPEAR) -> metrics -> eval -> checkpoint
+    collect (+ ArbEPO's regularisation episodes at T_k) -> rewards -> recompute old log-probs
+            and entropies -> advantages -> mini-batch updates on reply tokens -> replay (SPEAR)
+            -> metrics -> eval -> checkpoint
 
 The same code runs single-process on a CPU and as several processes under
 ``accelerate launch`` (DDP on CPU or GPUs, FSDP via accelerate's config): each process rolls
@@ -24,6 +25,11 @@ import torch
 
 from agentropy.configuration import save as save_config
 from agentropy.training import checkpoint as ckpt
+from agentropy.training.arbepo import (
+    mark_regularization,
+    regularization_rollout_config,
+    select_regularization_tasks,
+)
 from agentropy.training.config import Config
 from agentropy.training.evaluation import evaluate_policy
 from agentropy.training.policy_update import UpdateState, iteration_update
@@ -127,15 +133,23 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         for iteration in range(start_iteration, cfg.train.iterations):
             t0 = time.perf_counter()
             backend.sync_weights(policy)
+            tasks = train_tasks(cfg, iteration, rank, world)
             trajectories, rollout_stats = collect(
-                backend, tokenizer, cfg, train_tasks(cfg, iteration, rank, world), iteration,
-                update_state=update_state,
+                backend, tokenizer, cfg, tasks, iteration, update_state=update_state,
             )
+            regularization = None
+            if cfg.strategy.arbepo.enabled:
+                regularization, reg_stats = collect_regularization(
+                    backend, tokenizer, cfg, tasks, iteration, update_state)
+                rollout_stats.update(reg_stats)
             if cfg.run.save_trajectories:
                 write_jsonl(trajectories, run_dir / "trajectories" / f"iter_{iteration:06d}_rank{rank}.jsonl")
+                if regularization is not None:
+                    write_jsonl(regularization, run_dir / "trajectories" / f"iter_{iteration:06d}_rank{rank}_reg.jsonl")
             try:
                 update_stats = iteration_update(
                     model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, update_state,
+                    regularization=regularization,
                 )
             except NonFiniteLossError:
                 if main:
@@ -181,6 +195,28 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             tokenizer.save_pretrained(run_dir / "final_model")
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, sft_success, final["success_rate"], cfg.train.iterations)
+
+
+def collect_regularization(backend: Any, tokenizer: Any, cfg: Config, tasks: list[TaskSpec], iteration: int,
+                           update_state: UpdateState) -> tuple[list[Trajectory], dict[str, float]]:
+    """ArbEPO's regularisation rollout (ALGORITHMS-MORE.md 13.2 steps 0-1): the controller picks
+    ``T_k`` from the entropy state, and the first ``task_fraction`` of this iteration's tasks are
+    played again as plain episodes (no branching) at ``T_k``, with a sampling seed of their own.
+    Returns the episodes marked as regularisation samples and ``arbepo/rollout_*`` metrics."""
+    arb = cfg.strategy.arbepo
+    controller = update_state.arbepo
+    temperature = controller.temperature()
+    reg_tasks = select_regularization_tasks(tasks, arb.task_fraction)
+    if not reg_tasks:  # a process without tasks this iteration
+        return [], {"arbepo/rollout_temperature": temperature, "arbepo/rollout_episodes": 0.0}
+    rcfg = regularization_rollout_config(cfg, temperature, arb.samples_per_task)
+    trajs, stats = collect(backend, tokenizer, rcfg, reg_tasks, iteration, seed=cfg.run.seed + 1_000_003)
+    return mark_regularization(trajs), {
+        "arbepo/rollout_temperature": temperature,
+        "arbepo/rollout_episodes": stats["episodes"],
+        "arbepo/rollout_success_rate": stats["success_rate"],
+        "arbepo/rollout_s": stats["rollout_s"],
+    }
 
 
 def _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg) -> None:
