@@ -99,6 +99,9 @@ class StepSamples:
 
     batch: PackedBatch
     behaviour_logprobs: torch.Tensor  # [N, R] as sampled by the backend
+    behaviour_entropy: torch.Tensor  # [N, R] as reported by the backend
+    sampling_temperatures: set[float]  # temperatures the rows were sampled at
+    entropy_is_estimate: bool  # any row's entropy is a top-k estimate (vllm / openai backends)
     group_ids: list[str]
     traj_ids: list[str]
     turns: list[int]
@@ -115,12 +118,17 @@ def gather_samples(trajectories: list[Trajectory], pad_id: int, tool_bonus: dict
     batch = pack([s.prompt_ids for _, s in rows], [s.response_ids for _, s in rows], pad_id)
     r = batch.reply_width
     behaviour = torch.zeros((len(rows), r))
+    behaviour_entropy = torch.zeros((len(rows), r))
     for i, (_, s) in enumerate(rows):
         if s.logprobs:
             behaviour[i, : len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
+            behaviour_entropy[i, : len(s.entropy)] = torch.tensor(s.entropy, dtype=torch.float32)
     return StepSamples(
         batch=batch,
         behaviour_logprobs=behaviour,
+        behaviour_entropy=behaviour_entropy,
+        sampling_temperatures={float(s.temperature) for _, s in rows},
+        entropy_is_estimate=any(s.entropy_is_estimate for _, s in rows),
         group_ids=[t.group_id for t, _ in rows],
         traj_ids=[t.traj_id for t, _ in rows],
         turns=[s.turn for _, s in rows],
@@ -190,6 +198,17 @@ def recompute(model: torch.nn.Module, batch: PackedBatch, micro: int, temperatur
     """pi_old log-probs and entropies of every reply token, micro-batch by micro-batch."""
     out = recompute_old(model, batch, micro, temperature, device)
     return out.logprobs, out.entropy
+
+
+def _sampler_numbers_are_pi_old(samples: StepSamples, train: Any, strategy: Any, rollout_temperature: float) -> bool:
+    """Whether the backend's per-token numbers can stand for the pi_old pass: exact entropies
+    (not a top-k estimate), every row sampled at the rollout temperature (ArbEPO's extra
+    episodes are not), and no method that needs pi_old's full distribution (Clip_V, SIREN)."""
+    if train.recompute_old != "auto" or samples.entropy_is_estimate:
+        return False
+    if strategy.clip_v.enabled or strategy.siren.enabled:
+        return False
+    return samples.sampling_temperatures <= {float(rollout_temperature)}
 
 
 def _mini_batches(n: int, count: int, generator: torch.Generator) -> list[list[int]]:
@@ -262,11 +281,20 @@ def iteration_update(
     t0 = time.perf_counter()
     model.eval()
     anchor = state.siren_anchor
-    old = recompute_old(policy, samples.batch, train.micro_batch_size, temperature, device,
-                        expected=strategy.clip_v.enabled,
-                        nucleus=(siren.top_p, siren.top_k) if siren.enabled else None)
+    if _sampler_numbers_are_pi_old(samples, train, strategy, cfg.rollout.temperature):
+        # The hf backend reports exact full-vocabulary log-probs and entropies of the weights
+        # it sampled with, which are pi_old (tests prove parity with a teacher-forced pass to
+        # 1e-4), so the recompute pass would only repeat them.
+        old = Recomputed(samples.behaviour_logprobs.clone(), samples.behaviour_entropy.clone())
+        metrics["old_logprobs_recomputed"] = 0.0
+    else:
+        old = recompute_old(policy, samples.batch, train.micro_batch_size, temperature, device,
+                            expected=strategy.clip_v.enabled,
+                            nucleus=(siren.top_p, siren.top_k) if siren.enabled else None)
+        metrics["old_logprobs_recomputed"] = 1.0
+        metrics["behaviour_logprob_gap"] = float(
+            ((old.logprobs - samples.behaviour_logprobs).abs() * stat_mask).max())
     old_logprobs, old_entropy = old.logprobs, old.entropy
-    metrics["behaviour_logprob_gap"] = float(((old_logprobs - samples.behaviour_logprobs).abs() * stat_mask).max())
     siren_selected = None
     if siren.enabled and anchor is not None:
         if not anchor.ready:

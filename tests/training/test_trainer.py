@@ -32,7 +32,7 @@ def tiny_dir(tmp_path_factory):
 
 def test_sft_then_grpo_writes_every_run_file(tmp_path, tiny_dir):
     torch.set_num_threads(1)
-    cfg = small_config(tmp_path, "e2e", tiny_dir, ["train.iterations=2"])
+    cfg = small_config(tmp_path, "e2e", tiny_dir, ["train.iterations=2", "train.recompute_old=always"])
     result = train(cfg)
     run = tmp_path / "e2e"
     assert (run / "config.yaml").exists() and (run / "final_model" / "config.json").exists()
@@ -49,7 +49,7 @@ def test_sft_then_grpo_writes_every_run_file(tmp_path, tiny_dir):
         assert key in train_rec, key
     assert train_rec["episodes"] == 4
     # The first update's old log-probs are the sampler's: the ratio starts at exactly 1.
-    assert train_rec["behaviour_logprob_gap"] < 1e-4
+    assert train_rec["behaviour_logprob_gap"] < 1e-4 and train_rec["old_logprobs_recomputed"] == 1.0
     assert result.sft_success == records[1]["success_rate"]
     assert result.final_success == records[-1]["success_rate"]
 
@@ -69,6 +69,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny_dir):
 
     straight, resumed = train_records("straight"), train_records("cut")
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
+    assert all(r["old_logprobs_recomputed"] == 0.0 for r in resumed)  # hf backend: exact sampler numbers
     assert json.dumps(straight[2:], sort_keys=True) == json.dumps(resumed[2:], sort_keys=True)
     a = load_checkpoint(latest_checkpoint(tmp_path / "straight"))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))["model"]
