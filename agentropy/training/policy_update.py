@@ -465,8 +465,11 @@ def iteration_update(
         "samples": float(n),
         "train_tokens": float(tokens),
         "learner_tokens_per_s": tokens * train.ppo_epochs / max(elapsed, 1e-9),
-        "epo/reference_mean": float(reference[has_tokens].mean()) if bool(has_tokens.any()) else 0.0,
     })
+    reference_mean = float(reference[has_tokens].mean()) if bool(has_tokens.any()) else 0.0
+    metrics["entropy/history_reference"] = reference_mean  # the per-turn history every run keeps
+    if strategy.epo.enabled:
+        metrics["epo/reference_mean"] = reference_mean
     return metrics
 
 
