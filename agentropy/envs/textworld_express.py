@@ -60,6 +60,13 @@ class TextWorldExpressEnv(gym.Env[str, str]):
             game_params: default generation parameters, ``"name=value,name=value"``.
             split: default fold: ``train``, ``dev`` or ``test``.
         """
+        import importlib.util
+
+        if importlib.util.find_spec("textworld_express") is None:
+            raise ModuleNotFoundError(
+                "TextWorldExpress-v0 needs the package 'textworld_express': pip install 'agentropy[twx]'",
+                name="textworld_express",
+            )
         self._check(game, split)
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")

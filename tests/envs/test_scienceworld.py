@@ -12,6 +12,8 @@ import psutil
 import pytest
 from gymnasium.utils.env_checker import check_env
 
+pytest.importorskip("scienceworld", reason="ScienceWorld-v0 needs the 'sciworld' (or 'envs') extra")
+
 from agentropy.envs.base import INFO_KEYS, fork
 from agentropy.envs.scienceworld import (
     CRASH_OBSERVATION,
