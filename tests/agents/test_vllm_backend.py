@@ -20,13 +20,7 @@ from agentropy.agents.backends.vllm import WeightSyncExtension, named_weights, p
 REPO = Path(__file__).resolve().parents[2]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
-CORPUS = [
-    "You are in the middle of a room. Looking around you, you see a cabinet 1, a countertop 1, and a fridge 1.",
-    "Your task is to: put a clean apple in fridge.",
-    "<action>go to fridge 1</action>",
-    "open fridge 1",
-    "take apple 1 from countertop 1",
-] * 5
+from tiny_lm import CORPUS  # noqa: E402
 
 
 def save_tiny_model(path: Path) -> Path:
