@@ -88,7 +88,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         save_config(cfg, run_dir / "config.yaml")
     log = RunLog(run_dir, tensorboard=cfg.run.tensorboard and main) if main else None
 
-    model, tokenizer = load_policy(cfg.model, device=accelerator.device)
+    with accelerator.main_process_first():  # the main process builds the tiny model; the others then load it
+        model, tokenizer = load_policy(cfg.model, device=accelerator.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = max(cfg.train.warmup_iterations, 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
