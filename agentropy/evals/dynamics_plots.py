@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.ticker import ScalarFormatter
 
 from agentropy.evals import plots
-from agentropy.evals.plots import plt  # the Agg backend is selected there
+from agentropy.evals.plots import _save, plt  # the Agg backend is selected there
 
 PerRun = Mapping[str, Any]
 
@@ -183,11 +183,3 @@ def plot_collapse(per_run_by_label: Mapping[str, Sequence[PerRun]], path: str | 
     axes[-1].set_xlabel("training step")
     return _save(fig, path)
 
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

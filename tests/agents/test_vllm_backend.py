@@ -20,26 +20,13 @@ from agentropy.agents.backends.vllm import WeightSyncExtension, named_weights, p
 REPO = Path(__file__).resolve().parents[2]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
-from tiny_lm import CORPUS  # noqa: E402
+from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
 
 
 def save_tiny_model(path: Path) -> Path:
     """A ~0.1M-parameter Qwen2 with head_dim 32 (vLLM's CPU attention has no kernel for 16);
     embeddings scaled by 5 so entropies span ~1.5-4.5 nats."""
-    from agentropy.agents.tiny import TinyModelConfig, build_model, train_tokenizer
-
-    tokenizer = train_tokenizer(CORPUS, vocab_size=300)
-    cfg = TinyModelConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    model = build_model(tokenizer, cfg, seed=0)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(5.0)
+    model, tokenizer = tiny_model_and_tokenizer()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
