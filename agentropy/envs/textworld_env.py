@@ -233,8 +233,14 @@ MAX_COMMAND_LENGTH = 190
 
 
 def _sanitise(action: str) -> str:
-    """One line of printable ASCII: the game reads raw input, so a newline would be two commands."""
-    return " ".join("".join(c if " " <= c <= "~" else " " for c in str(action)).split())[:MAX_COMMAND_LENGTH]
+    """One line of printable ASCII without backslashes.
+
+    The game reads raw input, so a newline would be two commands; and Jericho's Frotz crashes the
+    whole process (a segfault, no Python exception) on some backslash escapes such as ``\\a`` or
+    ``\\D``, which random text from the action space produces. No game command uses a backslash.
+    """
+    kept = "".join(c if " " <= c <= "~" and c != "\\" else " " for c in str(action))
+    return " ".join(kept.split())[:MAX_COMMAND_LENGTH]
 
 
 @contextlib.contextmanager

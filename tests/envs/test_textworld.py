@@ -6,6 +6,9 @@ takes a few seconds to generate, a step a few milliseconds).
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -109,6 +112,33 @@ def test_bad_actions_never_raise_and_are_flagged(cooking):
         assert reward == 0.0 and not terminated
     obs, reward, terminated, truncated, info = cooking.step("look")
     assert info["invalid_action"] is False  # admissible
+
+
+def test_random_text_from_the_action_space_cannot_crash_the_interpreter(cooking, tw_cache):
+    """Frotz segfaults the process on backslash escapes such as ``\\a``; the env strips them.
+
+    Runs in a child process, so that a regression fails this test instead of killing the suite.
+    """
+    assert tw._sanitise("take \\apple\\D") == "take apple D"
+    script = textwrap.dedent(
+        f"""
+        from agentropy.envs.textworld_env import TextWorldEnv
+        env = TextWorldEnv(challenge="tw-cooking", games_per_split=2, cache_dir={str(tw_cache)!r})
+        env.action_space.seed(0)
+        env.reset(options={{"task_id": 0}})
+        actions = ["\\\\a", "baKl \\\\Dw:r:4-^", "open \\\\fridge"]
+        actions += [env.action_space.sample() for _ in range(150)]
+        for action in actions:
+            obs, reward, terminated, truncated, info = env.step(action)
+            assert info["invalid_action"] or reward >= 0
+            if terminated or truncated:
+                env.reset(options={{"task_id": 0}})
+        print("survived", len(actions))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "survived 153"
 
 
 def test_expert_continues_off_the_walkthrough(cooking):
