@@ -2,7 +2,9 @@
 
 Every number in a report is read from the runs' ``metrics.jsonl``; nothing is typed in.
 Seeds are summarised as mean +- std; a strategy "collapsed" in a run when its final training
-entropy fell below ``COLLAPSE_RATIO`` times its first-iteration entropy.
+entropy fell below ``COLLAPSE_RATIO`` times its first-iteration entropy. "entropy last/first"
+is that ratio itself, the direct measure of GRPO's entropy collapse; "outside corridor" is the
+mean fraction of reply tokens below / above EPO's corridor over the steps (EPO runs only).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     sft_eval = [r for r in evals if r["iteration"] == -1]
     rl_evals = [r for r in evals if r["iteration"] >= 0] or sft_eval
     entropies = [r["entropy_mean"] for r in train if isinstance(r.get("entropy_mean"), (int, float))]
+
+    def step_mean(key: str) -> float | None:
+        values = [r[key] for r in train if isinstance(r.get(key), (int, float))]
+        return float(np.mean(values)) if values else None
+
     return {
         "sft_success": sft_eval[0]["success_rate"] if sft_eval else None,
         "final_success": rl_evals[-1]["success_rate"] if rl_evals else None,
@@ -36,6 +43,9 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         "entropy_var": float(np.var(entropies)) if entropies else None,
         "entropy_first": entropies[0] if entropies else None,
         "entropy_last": entropies[-1] if entropies else None,
+        "entropy_ratio": entropies[-1] / entropies[0] if entropies and entropies[0] > 0 else None,
+        "corridor_low": step_mean("epo/viol_low"),
+        "corridor_high": step_mean("epo/viol_high"),
         "collapsed": bool(entropies and entropies[-1] < COLLAPSE_RATIO * entropies[0]),
         "wall_s": float(sum(r.get("time_s", 0.0) for r in train)),
         "tokens": float(sum(r.get("train_tokens", 0.0) for r in train)),
@@ -93,6 +103,26 @@ def _fmt(value: Any, fmt: str = "{:.3f}") -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
+def _corridor(sums: Sequence[dict[str, Any]]) -> str:
+    low = [s.get("corridor_low") for s in sums]
+    if all(v is None for v in low):
+        return "n/a"
+    return f"{_pm(low)} / {_pm([s.get('corridor_high') for s in sums])}"
+
+
+def _corridor_bounds(run_dir: Path) -> tuple[float, float]:
+    """EPO's (kappa_l, kappa_r) from the run's saved config; a run without EPO gets the defaults,
+    so its plot shows where its entropy sits against the corridor EPO would have used."""
+    import yaml
+
+    from agentropy.training.strategy_config import EPOConfig
+
+    epo = {}
+    if (run_dir / "config.yaml").exists():
+        epo = ((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("strategy") or {}).get("epo") or {}
+    return float(epo.get("kappa_l", EPOConfig.kappa_l)), float(epo.get("kappa_r", EPOConfig.kappa_r))
+
+
 def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
     """``report.md`` + plots comparing strategies over seeds, per environment."""
     bench_dir = Path(bench_dir)
@@ -108,8 +138,9 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
     for env, strategies in by_env.items():
         lines += [f"## {env}", "",
                   "| strategy | seeds | SFT success | final success | best success | entropy mean | "
-                  "entropy var across steps | collapsed | wall s | tokens |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "entropy var across steps | entropy last/first | collapsed | outside corridor low / high | "
+                  "wall s | tokens |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         train_runs: dict[str, list[list[dict[str, Any]]]] = {}
         all_runs: dict[str, list[list[dict[str, Any]]]] = {}
         eval_runs: dict[str, list[list[dict[str, Any]]]] = {}
@@ -125,7 +156,8 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
                 f"| {strategy} | {len(sums)} | {_pm([s['sft_success'] for s in sums])} | "
                 f"{_pm([s['final_success'] for s in sums])} | {_pm([s['best_success'] for s in sums])} | "
                 f"{_pm([s['entropy_mean'] for s in sums])} | {_pm([s['entropy_var'] for s in sums], '{:.2e}')} | "
-                f"{sum(s['collapsed'] for s in sums)}/{len(sums)} | {_pm([s['wall_s'] for s in sums], '{:.0f}')} | "
+                f"{_pm([s.get('entropy_ratio') for s in sums])} | {sum(s['collapsed'] for s in sums)}/{len(sums)} | "
+                f"{_corridor(sums)} | {_pm([s['wall_s'] for s in sums], '{:.0f}')} | "
                 f"{_pm([s['tokens'] for s in sums], '{:.0f}')} |")
         made = [
             plots.plot_metric_by_step(train_runs, "entropy_mean", figures / f"{env}_entropy_vs_step.png",
@@ -138,14 +170,18 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
         ]
         for key, title in [("spear/buffer_size", "SPEAR replay buffer size"),
                            ("aepo/branches_mean", "AEPO branches per task"),
-                           ("epo/violation_high", "EPO corridor violations (above)")]:
+                           ("epo/viol_low", "EPO: fraction of tokens below the corridor"),
+                           ("epo/viol_high", "EPO: fraction of tokens above the corridor")]:
             runs = {s: r for s, r in train_runs.items() if any(key in x for rr in r for x in rr)}
             if runs:
                 made.append(plots.plot_metric_by_step(runs, key, figures / f"{env}_{key.replace('/', '_')}.png",
                                                       f"{env}: {title}", key))
         for strategy, runs in train_runs.items():
             if runs and any("epo/reference_mean" in x and x["epo/reference_mean"] for x in runs[0]):
-                made.append(plots.plot_corridor(runs[0], figures / f"{env}_{strategy}_epo_corridor.png", 0.0, 2.0))
+                first = next(n for n in strategies[strategy] if (bench_dir / n / "metrics.jsonl").exists())
+                kappa_l, kappa_r = _corridor_bounds(bench_dir / first)
+                made.append(plots.plot_corridor(runs[0], figures / f"{env}_{strategy}_epo_corridor.png",
+                                                kappa_l, kappa_r))
         lines += [""] + [f"![{p.stem}](figures/{p.name})" for p in made] + [""]
     (bench_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     path = bench_dir / "report.md"
