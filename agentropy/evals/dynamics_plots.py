@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
 from agentropy.evals import plots
 from agentropy.evals.plots import _save, plt  # the Agg backend is selected there
@@ -85,12 +85,14 @@ def plot_drift(per_run_by_label: Mapping[str, Sequence[PerRun]], p_by_label: Map
                path: str | Path) -> Path:
     """D(T) at the last step vs T on log-log, mean over seeds per strategy, with c T^p per run."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    longest = 2
     for i, (label, runs) in enumerate(per_run_by_label.items()):
         color = f"C{i % 10}"
         curves = [np.asarray(r["drift"]["D"], float) for r in runs if r["drift"]["D"]]
         if not curves:
             continue
         width = max(len(c) for c in curves)
+        longest = max(longest, width)
         padded = np.full((len(curves), width), np.nan)
         for j, c in enumerate(curves):
             padded[j, : len(c)] = c
@@ -106,8 +108,10 @@ def plot_drift(per_run_by_label: Mapping[str, Sequence[PerRun]], p_by_label: Map
                 ax.plot(turns, c_fit * turns**p_fit, linestyle="--", linewidth=0.8, color=color, alpha=0.6)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    # Integer turn labels at 1-2-5 steps; unlabelled minor ticks (labelled ones overlap past T=5).
+    ax.xaxis.set_major_locator(FixedLocator([t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= longest]))
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("turns T")
     ax.set_ylabel("D(T) = sum |H_t(last) - H_t(first)|")
     ax.set_title("Cumulative per-turn entropy drift (dashed: c T^p per run)", fontsize=10)
