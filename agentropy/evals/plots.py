@@ -42,23 +42,35 @@ def _mean_band(runs: Sequence[Records], key: str) -> tuple[np.ndarray, np.ndarra
     return steps, mean, std
 
 
+def series_style(index: int) -> dict[str, str]:
+    """Colour and line style of the index-th series: the ten default colours, then the same
+    colours dashed, dotted, ... so that an ablation ladder's 12 rungs stay distinguishable."""
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":", "-.")[(index // 10) % 4]}
+
+
+def _legend(ax: Any) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=7 if len(handles) > 6 else 8, ncol=2 if len(handles) > 6 else 1)
+
+
 def plot_metric_by_step(
     runs_by_label: Mapping[str, Sequence[Records]], key: str, path: str | Path, title: str, ylabel: str
 ) -> Path:
     """One line per label (mean over its runs) with a +-1 std band."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, runs in runs_by_label.items():
+    for i, (label, runs) in enumerate(runs_by_label.items()):
         steps, mean, std = _mean_band(runs, key)
         if len(steps) == 0:
             continue
-        ax.plot(steps, mean, marker="o", markersize=3, label=label)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        style = series_style(i)
+        ax.plot(steps, mean, marker="o", markersize=3, label=label, **style)
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2, color=style["color"])
     ax.set_xlabel("training iteration")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    _legend(ax)
     return _save(fig, path)
 
 
@@ -67,7 +79,7 @@ def plot_entropy_by_turn(
 ) -> Path:
     """Mean token entropy by turn index at the last logged iteration of each run."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, runs in runs_by_label.items():
+    for i, (label, runs) in enumerate(runs_by_label.items()):
         curves = []
         for records in runs:
             last = [r for r in records if isinstance(r.get(key), list)]
@@ -81,13 +93,12 @@ def plot_entropy_by_turn(
             padded[i, : len(c)] = c
         with np.errstate(all="ignore"):
             mean = np.nanmean(padded, axis=0)
-        ax.plot(np.arange(width), mean, marker="o", markersize=3, label=label)
+        ax.plot(np.arange(width), mean, marker="o", markersize=3, label=label, **series_style(i))
     ax.set_xlabel("turn index")
     ax.set_ylabel("mean token entropy (nats)")
     ax.set_title("Entropy by turn (last iteration)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    _legend(ax)
     return _save(fig, path)
 
 

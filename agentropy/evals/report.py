@@ -110,16 +110,29 @@ def _corridor(sums: Sequence[dict[str, Any]]) -> str:
     return f"{_pm(low)} / {_pm([s.get('corridor_high') for s in sums])}"
 
 
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def _methods(run_dir: Path) -> str:
+    """The run's enabled methods over its advantage estimator, so that rows that differ by one
+    method (an ablation ladder) show which one."""
+    from agentropy.evals.dynamics import enabled_methods
+
+    config = _run_config(run_dir)
+    estimator = ((config.get("strategy") or {}).get("advantage") or {}).get("estimator", "grpo")
+    return " + ".join([str(estimator), *enabled_methods(config)])
+
+
 def _corridor_bounds(run_dir: Path) -> tuple[float, float]:
     """EPO's (kappa_l, kappa_r) from the run's saved config; a run without EPO gets the defaults,
     so its plot shows where its entropy sits against the corridor EPO would have used."""
-    import yaml
-
     from agentropy.training.strategy_config import EPOConfig
 
-    epo = {}
-    if (run_dir / "config.yaml").exists():
-        epo = ((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("strategy") or {}).get("epo") or {}
+    epo = (_run_config(run_dir).get("strategy") or {}).get("epo") or {}
     return float(epo.get("kappa_l", EPOConfig.kappa_l)), float(epo.get("kappa_r", EPOConfig.kappa_r))
 
 
@@ -137,10 +150,10 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
     summary: dict[str, Any] = {}
     for env, strategies in by_env.items():
         lines += [f"## {env}", "",
-                  "| strategy | seeds | SFT success | final success | best success | entropy mean | "
+                  "| strategy | methods | seeds | SFT success | final success | best success | entropy mean | "
                   "entropy var across steps | entropy last/first | collapsed | outside corridor low / high | "
                   "wall s | tokens |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         train_runs: dict[str, list[list[dict[str, Any]]]] = {}
         all_runs: dict[str, list[list[dict[str, Any]]]] = {}
         eval_runs: dict[str, list[list[dict[str, Any]]]] = {}
@@ -153,7 +166,8 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
             train_runs[strategy] = [[r for r in rec if r["phase"] == "train"] for rec in records]
             eval_runs[strategy] = [[r for r in rec if r["phase"] == "eval" and r["iteration"] >= 0] for rec in records]
             lines.append(
-                f"| {strategy} | {len(sums)} | {_pm([s['sft_success'] for s in sums])} | "
+                f"| {strategy} | {_methods(dirs[0]) if dirs else 'n/a'} | {len(sums)} | "
+                f"{_pm([s['sft_success'] for s in sums])} | "
                 f"{_pm([s['final_success'] for s in sums])} | {_pm([s['best_success'] for s in sums])} | "
                 f"{_pm([s['entropy_mean'] for s in sums])} | {_pm([s['entropy_var'] for s in sums], '{:.2e}')} | "
                 f"{_pm([s.get('entropy_ratio') for s in sums])} | {sum(s['collapsed'] for s in sums)}/{len(sums)} | "

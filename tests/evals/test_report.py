@@ -51,9 +51,19 @@ def test_entropy_ratio_and_corridor_fractions(tmp_path):
     assert rows["grpo"][collapsed] == "1/2" and rows["grpo"][corridor] == "n/a"
     assert rows["epo"][ratio] == "0.900 ± 0.000"
     assert rows["epo"][corridor] == "0.100 ± 0.000 / 0.100 ± 0.000"
+    methods = columns.index("methods")
+    assert rows["grpo"][methods] == "grpo" and rows["epo"][methods] == "grpo + epo"
     # The corridor plots use each run's own kappas; GRPO's shows EPO's default corridor.
     assert (tmp_path / "figures" / "h_epo_epo_corridor.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "h_grpo_epo_corridor.png").stat().st_size > 1000
     assert (tmp_path / "figures" / "h_epo_viol_low.png").exists()
     assert _corridor_bounds(tmp_path / "epo__h__s0") == (0.5, 1.5)
     assert _corridor_bounds(tmp_path / "grpo__h__s0") == (0.0, 2.0)
+
+
+def test_twelve_series_get_distinct_styles():
+    from agentropy.evals.plots import series_style
+
+    styles = {tuple(sorted(series_style(i).items())) for i in range(12)}
+    assert len(styles) == 12
+    assert series_style(10) == {"color": "C0", "linestyle": "--"}
