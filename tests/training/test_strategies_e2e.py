@@ -40,6 +40,7 @@ COMMON = [
 KEYS = {
     "grpo": ["adv/base_abs_mean", "loss/pg", "clipfrac"],
     "epo": ["epo/entropy", "epo/smooth", "epo/beta", "loss/epo"],
+    "epo_corridor": ["epo/entropy", "epo/smooth", "epo/viol_low", "epo/viol_high", "loss/epo"],
     "empg": ["empg/g_min", "empg/g_max", "empg/bonus_mean"],
     "aepo": ["sg_frac", "sg_grad_share"],
     "spear": ["spear/buffer_size", "spear/sil_weight", "spear/tool_reward_mean", "clip_cov_frac"],
