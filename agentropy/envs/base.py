@@ -17,6 +17,7 @@ Nothing in ``agentropy.envs`` imports torch or transformers.
 
 from __future__ import annotations
 
+import importlib.util
 import string
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +37,16 @@ TEXT_CHARSET = frozenset(string.printable) | frozenset("°–—‘’“”…�
 
 #: Upper bound on observation length, in characters.
 MAX_TEXT_LENGTH = 1 << 16
+
+
+def require_packages(env_id: str, extra: str, *modules: str) -> None:
+    """Fail at construction, naming the pip extra, when an env's simulator package is missing
+    (rather than with an ImportError deep inside the first reset)."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(
+                f"{env_id} needs the package {module!r}: pip install 'agentropy[{extra}]'", name=module
+            )
 
 
 def text_space(max_length: int = MAX_TEXT_LENGTH) -> spaces.Text:

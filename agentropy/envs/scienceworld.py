@@ -45,7 +45,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from agentropy.envs.base import base_info, clean_text, text_space
+from agentropy.envs.base import base_info, clean_text, require_packages, text_space
 
 logger = logging.getLogger(__name__)
 
@@ -216,18 +216,6 @@ def _normalise(action: str) -> str:
     return " ".join(action.lower().split())
 
 
-def _require_simulator_packages() -> None:
-    """Fail at construction, not at the first reset, when the ``sciworld`` extra is missing."""
-    import importlib.util
-
-    for module in ("scienceworld", "py4j"):
-        if importlib.util.find_spec(module) is None:
-            raise ModuleNotFoundError(
-                f"ScienceWorld-v0 needs the package {module!r}: pip install 'agentropy[sciworld]'",
-                name=module,
-            )
-
-
 class ScienceWorldEnv(gym.Env[str, str]):
     """The real ScienceWorld simulator as a ``gymnasium.Env[str, str]``.
 
@@ -266,7 +254,7 @@ class ScienceWorldEnv(gym.Env[str, str]):
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         if max_admissible is not None and max_admissible < 0:
             raise ValueError(f"max_admissible must be >= 0 or None, got {max_admissible}")
-        _require_simulator_packages()
+        require_packages("ScienceWorld-v0", "sciworld", "scienceworld", "py4j")
         self.java = find_java(java_path)
         self.java_options = tuple(java_options)
         self.default_task = task_name

@@ -29,7 +29,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from agentropy.envs.base import base_info, clean_text, text_space
+from agentropy.envs.base import base_info, clean_text, require_packages, text_space
 
 GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays", "peckingorder")
 SPLITS = ("train", "dev", "test")
@@ -60,13 +60,7 @@ class TextWorldExpressEnv(gym.Env[str, str]):
             game_params: default generation parameters, ``"name=value,name=value"``.
             split: default fold: ``train``, ``dev`` or ``test``.
         """
-        import importlib.util
-
-        if importlib.util.find_spec("textworld_express") is None:
-            raise ModuleNotFoundError(
-                "TextWorldExpress-v0 needs the package 'textworld_express': pip install 'agentropy[twx]'",
-                name="textworld_express",
-            )
+        require_packages("TextWorldExpress-v0", "twx", "textworld_express")
         self._check(game, split)
         if render_mode not in (None, "ansi"):
             raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}")

@@ -79,7 +79,7 @@ def plot_entropy_by_turn(
 ) -> Path:
     """Mean token entropy by turn index at the last logged iteration of each run."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, (label, runs) in enumerate(runs_by_label.items()):
+    for index, (label, runs) in enumerate(runs_by_label.items()):
         curves = []
         for records in runs:
             last = [r for r in records if isinstance(r.get(key), list)]
@@ -93,7 +93,7 @@ def plot_entropy_by_turn(
             padded[i, : len(c)] = c
         with np.errstate(all="ignore"):
             mean = np.nanmean(padded, axis=0)
-        ax.plot(np.arange(width), mean, marker="o", markersize=3, label=label, **series_style(i))
+        ax.plot(np.arange(width), mean, marker="o", markersize=3, label=label, **series_style(index))
     ax.set_xlabel("turn index")
     ax.set_ylabel("mean token entropy (nats)")
     ax.set_title("Entropy by turn (last iteration)")

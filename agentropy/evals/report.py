@@ -157,16 +157,19 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
         train_runs: dict[str, list[list[dict[str, Any]]]] = {}
         all_runs: dict[str, list[list[dict[str, Any]]]] = {}
         eval_runs: dict[str, list[list[dict[str, Any]]]] = {}
+        first_run: dict[str, Path] = {}  # a run folder per strategy, for its saved config
         for strategy, names in strategies.items():
             dirs = [bench_dir / n for n in names if (bench_dir / n / "metrics.jsonl").exists()]
             sums = [run_summary(d) for d in dirs]
+            if dirs:
+                first_run[strategy] = dirs[0]
             summary[f"{strategy}/{env}"] = sums
             records = [read_metrics(d) for d in dirs]
             all_runs[strategy] = records
             train_runs[strategy] = [[r for r in rec if r["phase"] == "train"] for rec in records]
             eval_runs[strategy] = [[r for r in rec if r["phase"] == "eval" and r["iteration"] >= 0] for rec in records]
             lines.append(
-                f"| {strategy} | {_methods(dirs[0]) if dirs else 'n/a'} | {len(sums)} | "
+                f"| {strategy} | {_methods(first_run[strategy]) if dirs else 'n/a'} | {len(sums)} | "
                 f"{_pm([s['sft_success'] for s in sums])} | "
                 f"{_pm([s['final_success'] for s in sums])} | {_pm([s['best_success'] for s in sums])} | "
                 f"{_pm([s['entropy_mean'] for s in sums])} | {_pm([s['entropy_var'] for s in sums], '{:.2e}')} | "
@@ -192,8 +195,7 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
                                                       f"{env}: {title}", key))
         for strategy, runs in train_runs.items():
             if runs and any("epo/reference_mean" in x and x["epo/reference_mean"] for x in runs[0]):
-                first = next(n for n in strategies[strategy] if (bench_dir / n / "metrics.jsonl").exists())
-                kappa_l, kappa_r = _corridor_bounds(bench_dir / first)
+                kappa_l, kappa_r = _corridor_bounds(first_run[strategy])
                 made.append(plots.plot_corridor(runs[0], figures / f"{env}_{strategy}_epo_corridor.png",
                                                 kappa_l, kappa_r))
         lines += [""] + [f"![{p.stem}](figures/{p.name})" for p in made] + [""]

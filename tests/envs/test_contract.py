@@ -100,3 +100,12 @@ def test_gymnasium_id_forwards_kwargs():
     assert env.unwrapped.max_steps == 3
     env.reset(seed=0)
     assert [env.step("dance")[3] for _ in range(3)] == [False, False, True]
+
+
+def test_missing_simulator_package_names_the_extra():
+    from agentropy.envs.base import require_packages
+
+    require_packages("X-v0", "envs", "json")  # present: no error
+    with pytest.raises(ModuleNotFoundError, match=r"X-v0 needs the package 'no_such_sim': pip install 'agentropy\[envs\]'") as exc:
+        require_packages("X-v0", "envs", "json", "no_such_sim")
+    assert exc.value.name == "no_such_sim"
