@@ -54,7 +54,7 @@ def main() -> None:
 
     from agentropy.agents.backends.hf import HFBackend
     from agentropy.agents.tiny import build_tiny_model, load_model_and_tokenizer
-    from agentropy.training.env_workers import EnvPool
+    from agentropy.envs.pool import EnvPool
     from agentropy.training.rollout import RolloutConfig, TaskSpec, collect
 
     if args.threads:

@@ -42,7 +42,7 @@ def to_markdown(report: dict, title: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from agentropy.training.config import load_config
     from agentropy.training.evaluation import evaluate_policy
-    from agentropy.training.setup import build_backend, load_policy
+    from agentropy.training.model_setup import build_backend, load_policy
 
     overrides = list(args.overrides)
     for flag, key in [("model", "model.path"), ("env", "env.id"), ("split", "env.test_split"),

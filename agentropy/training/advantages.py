@@ -379,7 +379,7 @@ def compose_advantages(
     if base.numel() != n:
         raise ValueError(f"episode_returns has {base.numel()} entries for {n} rows of entropy")
     if canon is not None and canon.enabled:
-        from agentropy.training.canon import canon_advantages
+        from agentropy.training.methods.canon import canon_advantages
 
         canon_adv, canon_metrics = canon_advantages(
             _as_vector(episode_returns, "episode_returns"), entropy.detach(), mask, group_ids, traj_ids,

@@ -82,7 +82,6 @@ def evaluate_policy(
         ),
     )
     tasks = eval_tasks(cfg)[rank::world]
-    trajectories, _ = collect(backend, tokenizer, eval_cfg, tasks, iteration=-1, split=cfg.env.test_split,
-                              branching=False)
+    trajectories, _ = collect(backend, tokenizer, eval_cfg, tasks, iteration=-1, split=cfg.env.test_split)
     report = summarize(trajectories, cfg.eval.samples)
     return (report, trajectories) if return_trajectories else report

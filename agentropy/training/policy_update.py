@@ -31,7 +31,8 @@ import torch
 
 from agentropy.training import advantages as adv
 from agentropy.training import losses
-from agentropy.training.arbepo import (
+from agentropy.training.entropy import EntropyHistory
+from agentropy.training.methods.arbepo import (
     TemperatureController,
     entropy_estimate,
     regularization_rows,
@@ -40,13 +41,32 @@ from agentropy.training.arbepo import (
     statistics_mask,
     unit_advantages,
 )
-from agentropy.training.edc import clip_b_mask, clip_v_mask, entropy_discriminator, expected_discriminator
-from agentropy.training.entropy import EntropyHistory
+from agentropy.training.methods.clip_bv import (
+    clip_b_mask,
+    clip_v_mask,
+    entropy_discriminator,
+    expected_discriminator,
+)
+from agentropy.training.methods.siren import (
+    SIRENAnchor,
+    nucleus_entropy_and_size,
+    peak_entropy_mask,
+    siren_loss,
+)
+from agentropy.training.methods.spear import (
+    BaselineBuffer,
+    ReplayBuffer,
+    sil_loss,
+    sil_weight,
+    tool_call_reward,
+)
+from agentropy.training.methods.steer import entropy_change_estimate, omega_range, steer_weights
 from agentropy.training.policy import PackedBatch, pack, reply_logprobs_and_entropy
-from agentropy.training.replay import BaselineBuffer, ReplayBuffer, sil_loss, sil_weight, tool_call_reward
-from agentropy.training.siren import SIRENAnchor, nucleus_entropy_and_size, peak_entropy_mask, siren_loss
-from agentropy.training.steer import entropy_change_estimate, omega_range, steer_weights
 from agentropy.training.trajectory import Trajectory
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss or gradient is NaN/inf; the trainer saves the batch in the run folder."""
 
 
 @dataclass
@@ -429,8 +449,6 @@ def iteration_update(
                     surprisal[0] += float(-(logprobs.detach() * m).sum())
                     surprisal[1] += float(m.sum())
                 if not torch.isfinite(scaled):
-                    from agentropy.training.trainer import NonFiniteLossError
-
                     raise NonFiniteLossError(f"non-finite loss {scaled.item()} at iteration {iteration}")
                 accelerator.backward(scaled)
                 losses_seen.append(scaled.item())
@@ -438,8 +456,6 @@ def iteration_update(
             norm = accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
             norm = float(norm)
             if not math.isfinite(norm):
-                from agentropy.training.trainer import NonFiniteLossError
-
                 raise NonFiniteLossError(f"non-finite gradient norm at iteration {iteration}")
             grad_norms.append(norm)
             optimizer.step()

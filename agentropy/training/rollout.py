@@ -8,7 +8,7 @@ One *round* of :func:`collect` (DESIGN.md, "data flow"):
    derived from ``(seed, iteration, phase, round)``, so a rerun draws the same replies);
 3. parse each reply's action (:func:`agentropy.agents.parsing.parse_action`); a reply with no
    parseable action still steps the env with the empty action and gets ``-format_penalty``;
-4. step every env through an :class:`~agentropy.training.env_workers.EnvPool` and record one
+4. step every env through an :class:`~agentropy.envs.pool.EnvPool` and record one
    :class:`~agentropy.training.trajectory.Step` per turn.
 
 A group (one task) shares the task, the env seed and the reset options, so its G episodes
@@ -38,8 +38,7 @@ import numpy as np
 from agentropy.agents.backends.base import Completion, GenerationBackend, SamplingParams
 from agentropy.agents.parsing import ParsedAction, format_reward, parse_action
 from agentropy.agents.prompts import PromptConfig, Turn, build_prompt_ids
-from agentropy.training.env_workers import EnvFault, EnvPool, default_num_workers
-from agentropy.training.strategy_config import AEPOConfig
+from agentropy.envs.pool import EnvFault, EnvPool, default_num_workers
 from agentropy.training.trajectory import Step, Trajectory
 
 #: ``info`` keys always copied into ``Step.info`` (when the env reports them).
@@ -456,6 +455,11 @@ def group_id_of(iteration: int, task_index: int) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def run_seed(cfg: Any) -> int:
+    """The run seed of a full experiment config (``cfg.run.seed``), 0 for a plain ``RolloutConfig``."""
+    return int(getattr(getattr(cfg, "run", None), "seed", 0) or 0)
+
+
 def collect(
     backend: GenerationBackend,
     tokenizer: Any,
@@ -466,39 +470,24 @@ def collect(
     *,
     pool: EnvPool | None = None,
     split: str | None = None,
-    branching: AEPOConfig | bool | None = None,
     progress: Any = None,
-    update_state: Any = None,
 ) -> tuple[list[Trajectory], dict[str, Any]]:
     """Collect ``len(tasks) x G`` episodes in lockstep; return ``(trajectories, metrics)``.
 
     ``cfg``: a :class:`RolloutConfig` or a full experiment config (see :func:`resolve_config`).
     ``seed``: the run seed (default: ``cfg.run.seed`` of a full config, else 0); with
     ``iteration`` it fixes every sampling seed. ``pool``: an :class:`EnvPool` to use (default:
-    the shared pool for the config, kept across calls). ``branching``: an
-    :class:`~agentropy.training.strategy_config.AEPOConfig` whose rollout fields run the AEPO
-    branching rollout instead (default: ``cfg.strategy.aepo`` of a full config when it is
-    enabled with ``branching``; ``False``: never branch, as evaluation wants). ``progress``: a
-    ``rich.progress.Progress`` to show rounds on. ``update_state`` is accepted for the
-    trainer's sake and not used by these rollouts.
+    the shared pool for the config, kept across calls). ``progress``: a
+    ``rich.progress.Progress`` to show rounds on. These are plain episodes; the trainer picks
+    AEPO's branching rollout (:mod:`agentropy.training.methods.aepo_rollout`) when it is on.
 
     Trajectories come task-major: the G samples of task 0 (group ``it<iteration>-t0``), then
     task 1, ... Their ``traj_id`` is ``<group_id>-g<j>``.
     """
-    del update_state
     rcfg = resolve_config(cfg, split)
     if seed is None:
-        seed = int(getattr(getattr(cfg, "run", None), "seed", 0) or 0)
-    if branching is None:
-        from agentropy.training.branching import branching_from_config
-
-        branching = branching_from_config(cfg)
+        seed = run_seed(cfg)
     pool = pool if pool is not None else shared_pool(rcfg)
-    if isinstance(branching, AEPOConfig):
-        from agentropy.training.branching import collect_branching
-
-        return collect_branching(backend, tokenizer, rcfg, branching, tasks, iteration, seed, pool=pool,
-                                 progress=progress)
     t_start = time.perf_counter()
     engine = Lockstep(backend, tokenizer, rcfg, pool, iteration, seed)
     specs = []

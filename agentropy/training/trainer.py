@@ -25,23 +25,20 @@ import torch
 
 from agentropy.configuration import save as save_config
 from agentropy.training import checkpoint as ckpt
-from agentropy.training.arbepo import (
+from agentropy.training.config import Config
+from agentropy.training.evaluation import evaluate_policy
+from agentropy.training.methods.aepo_rollout import branching_from_config, collect_branching
+from agentropy.training.methods.arbepo import (
     mark_regularization,
     regularization_rollout_config,
     select_regularization_tasks,
 )
-from agentropy.training.config import Config
-from agentropy.training.evaluation import evaluate_policy
-from agentropy.training.policy_update import UpdateState, iteration_update
-from agentropy.training.rollout import TaskSpec, collect
+from agentropy.training.model_setup import build_backend, load_policy, resolve_device
+from agentropy.training.policy_update import NonFiniteLossError, UpdateState, iteration_update
+from agentropy.training.rollout import TaskSpec, collect, resolve_config, run_seed, shared_pool
 from agentropy.training.run_log import RunLog
-from agentropy.training.setup import build_backend, load_policy, resolve_device
 from agentropy.training.sft import collect_demonstrations, train_sft
 from agentropy.training.trajectory import Trajectory, write_jsonl
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a loss or gradient is NaN/inf; the batch is saved in the run folder first."""
 
 
 @dataclass
@@ -135,9 +132,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             t0 = time.perf_counter()
             backend.sync_weights(policy)
             tasks = train_tasks(cfg, iteration, rank, world)
-            trajectories, rollout_stats = collect(
-                backend, tokenizer, cfg, tasks, iteration, update_state=update_state,
-            )
+            trajectories, rollout_stats = collect_training_episodes(backend, tokenizer, cfg, tasks, iteration)
             regularization = None
             if cfg.strategy.arbepo.enabled:
                 regularization, reg_stats = collect_regularization(
@@ -196,6 +191,19 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             tokenizer.save_pretrained(run_dir / "final_model")
     accelerator.wait_for_everyone()
     return TrainResult(run_dir, sft_success, final["success_rate"], cfg.train.iterations)
+
+
+def collect_training_episodes(backend: Any, tokenizer: Any, cfg: Config, tasks: list[TaskSpec],
+                              iteration: int, pool: Any = None) -> tuple[list[Trajectory], dict[str, Any]]:
+    """One iteration's on-policy episodes: AEPO's branching rollout when ``strategy.aepo``
+    turns it on, else plain lockstep episodes. The trainer makes this choice so that the plain
+    rollout engine does not need to know the methods built on it."""
+    branching = branching_from_config(cfg)
+    if branching is None:
+        return collect(backend, tokenizer, cfg, tasks, iteration, pool=pool)
+    rcfg = resolve_config(cfg)
+    return collect_branching(backend, tokenizer, rcfg, branching, tasks, iteration, run_seed(cfg),
+                             pool=pool if pool is not None else shared_pool(rcfg))
 
 
 def collect_regularization(backend: Any, tokenizer: Any, cfg: Config, tasks: list[TaskSpec], iteration: int,

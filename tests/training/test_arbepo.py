@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentropy.training.arbepo import (
+from agentropy.training.entropy import token_entropy
+from agentropy.training.entropy_controllers import active_controllers, validate_controllers
+from agentropy.training.losses import clipped_surrogate
+from agentropy.training.methods.arbepo import (
     ArbEPOConfig,
     TemperatureController,
     entropy_estimate,
@@ -24,9 +27,6 @@ from agentropy.training.arbepo import (
     statistics_mask,
     unit_advantages,
 )
-from agentropy.training.controllers import active_controllers, validate_controllers
-from agentropy.training.entropy import token_entropy
-from agentropy.training.losses import clipped_surrogate
 from agentropy.training.trajectory import Step, Trajectory
 
 F64 = torch.float64

@@ -14,16 +14,17 @@ import pytest
 from agentropy.agents.backends.base import Completion
 from agentropy.agents.prompts import PromptConfig
 from agentropy.envs.base import base_info, text_space
-from agentropy.training.branching import (
+from agentropy.envs.pool import EnvPool
+from agentropy.training.methods.aepo_rollout import (
     branch_probability,
     branch_score,
     collect_branching,
     global_count,
     turn_entropy,
 )
-from agentropy.training.env_workers import EnvPool
-from agentropy.training.rollout import RolloutConfig, TaskSpec, collect
+from agentropy.training.rollout import RolloutConfig, TaskSpec
 from agentropy.training.strategy_config import AEPOConfig
+from agentropy.training.trainer import collect_training_episodes
 from agentropy.training.trajectory import read_jsonl, write_jsonl
 
 POND = f"{__name__}:Pond"
@@ -254,15 +255,15 @@ def test_single_sample_budget_never_branches(tokenizer):
     assert [t.kind for t in trajs] == ["global", "global"] and m["aepo/branch_counts"] == [0, 0]
 
 
-def test_collect_runs_the_branching_rollout_when_the_strategy_enables_it(tokenizer):
+def test_the_trainer_runs_the_branching_rollout_when_the_strategy_enables_it(tokenizer):
     rollout = RolloutConfig(group_size=4, max_turns=5, prompt=PromptConfig(max_prompt_tokens=4096))
     full = SimpleNamespace(rollout=rollout, prompt=rollout.prompt, run=SimpleNamespace(seed=3),
                            env=SimpleNamespace(id=POND, kwargs={}, train_split="train"),
                            strategy=SimpleNamespace(aepo=_aepo(rollout_budget=3)))
     backend = EntropyScript(tokenizer, lambda t: 0.0 if t == 0 else 50.0)
     with EnvPool(POND) as pool:
-        trajs, m = collect(backend, tokenizer, full, [TaskSpec(seed=1)], iteration=0, pool=pool)
+        trajs, m = collect_training_episodes(backend, tokenizer, full, [TaskSpec(seed=1)], iteration=0, pool=pool)
         assert [t.kind for t in trajs] == ["global", "branch", "branch", "probe"] and m["aepo/m"] == [1]
         full.strategy.aepo = AEPOConfig(enabled=True, branching=False)
-        trajs, m = collect(backend, tokenizer, full, [TaskSpec(seed=1)], iteration=0, pool=pool)
+        trajs, m = collect_training_episodes(backend, tokenizer, full, [TaskSpec(seed=1)], iteration=0, pool=pool)
         assert [t.kind for t in trajs] == ["global"] * 4 and "aepo/m" not in m

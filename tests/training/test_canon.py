@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agentropy.training.advantages import grpo
-from agentropy.training.canon import CANONConfig, canon_advantages, canon_mu, cos_restart
+from agentropy.training.methods.canon import CANONConfig, canon_advantages, canon_mu, cos_restart
 
 F64 = torch.float64
 

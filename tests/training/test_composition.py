@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from agentropy.training.advantages import compose_advantages, grpo
-from agentropy.training.canon import CANONConfig, canon_advantages
-from agentropy.training.edc import expected_discriminator
 from agentropy.training.losses import policy_loss
+from agentropy.training.methods.canon import CANONConfig, canon_advantages
+from agentropy.training.methods.clip_bv import expected_discriminator
+from agentropy.training.methods.siren import nucleus_entropy_and_size
 from agentropy.training.policy import pack, reply_logprobs_and_entropy
 from agentropy.training.policy_update import UpdateState, kept_pg_normalizer, recompute, recompute_old
-from agentropy.training.siren import nucleus_entropy_and_size
 from agentropy.training.strategy_config import AdvantageConfig, StrategyConfig
 
 

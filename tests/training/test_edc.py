@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentropy.training.edc import (
+from agentropy.training.entropy import token_entropy
+from agentropy.training.losses import clipped_surrogate
+from agentropy.training.methods.clip_bv import (
     ClipBConfig,
     ClipVConfig,
     clip_b_mask,
@@ -17,8 +19,6 @@ from agentropy.training.edc import (
     entropy_discriminator,
     expected_discriminator,
 )
-from agentropy.training.entropy import token_entropy
-from agentropy.training.losses import clipped_surrogate
 
 F64 = torch.float64
 

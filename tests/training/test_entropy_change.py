@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from agentropy.training.edc import entropy_discriminator, expected_discriminator
 from agentropy.training.entropy import token_entropy
 from agentropy.training.losses import ppo_token_loss
-from agentropy.training.steer import entropy_change_estimate
+from agentropy.training.methods.clip_bv import entropy_discriminator, expected_discriminator
+from agentropy.training.methods.steer import entropy_change_estimate
 
 F64 = torch.float64
 ETA = 1e-6

@@ -11,7 +11,7 @@ import gymnasium as gym
 import pytest
 
 from agentropy.envs.base import NOTHING_HAPPENS, base_info, text_space
-from agentropy.training.env_workers import EnvFault, EnvPool
+from agentropy.envs.pool import EnvFault, EnvPool
 
 HERE = __name__  # test envs are made by "module:Class" in worker processes too
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agentropy.training.losses import clip_cov_mask, clipped_surrogate
-from agentropy.training.replay import (
+from agentropy.training.methods.spear import (
     BaselineBuffer,
     ReplayBuffer,
     group_reward_stats,

@@ -16,7 +16,7 @@ import pytest
 from agentropy.agents.backends.base import Completion, SamplingParams
 from agentropy.agents.prompts import PromptConfig, Turn, build_prompt_ids
 from agentropy.envs.base import NOTHING_HAPPENS, base_info, text_space
-from agentropy.training.env_workers import EnvPool
+from agentropy.envs.pool import EnvPool
 from agentropy.training.rollout import RolloutConfig, TaskSpec, collect, resolve_config
 from agentropy.training.trajectory import read_jsonl, write_jsonl
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agentropy.training.siren import (
+from agentropy.training.methods.siren import (
     NucleusEntropyError,
     SIRENAnchor,
     SIRENConfig,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agentropy.training.losses import clipped_surrogate
-from agentropy.training.steer import STEERConfig, entropy_change_estimate, omega_range, steer_weights
+from agentropy.training.methods.steer import STEERConfig, entropy_change_estimate, omega_range, steer_weights
 
 F64 = torch.float64
 

@@ -80,7 +80,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny_dir):
 
 def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
     from agentropy.training import losses
-    from agentropy.training.trainer import NonFiniteLossError
+    from agentropy.training.policy_update import NonFiniteLossError
 
     real = losses.policy_loss
 

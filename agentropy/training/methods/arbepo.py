@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from agentropy.training.advantages import grpo
+from agentropy.training.rollout import resolve_config
 from agentropy.training.strategy_config import ArbEPOConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 from agentropy.training.trajectory import Trajectory
 
@@ -135,8 +136,6 @@ def regularization_rollout_config(cfg: Any, temperature: float, samples_per_task
     ``RolloutConfig`` never branches, so :func:`~agentropy.training.rollout.collect` given it plays
     plain episodes (13.2 step 1). Give ``collect`` a seed other than the main rollout's, e.g.
     ``seed + 1_000_003``, so the two draws are independent."""
-    from agentropy.training.rollout import resolve_config
-
     rcfg = resolve_config(cfg)
     n = rcfg.group_size if samples_per_task is None else int(samples_per_task)
     return dataclasses.replace(rcfg, temperature=float(temperature), group_size=n)

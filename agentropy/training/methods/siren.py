@@ -5,7 +5,7 @@ crossing token excluded), (2) only the **peak** positions of each trajectory cou
 that entropy, a per-trajectory quantile), and (3) instead of a bonus ``-lambda H`` the loss adds a
 squared penalty ``lambda (H^sel - H_anchor)^2`` that pulls the selected entropy back to its value
 at the first update. The penalty is a closed-loop entropy controller: do not run it with EPO's
-corridor or ArbEPO unless allowed (13.3 C14/C15, :func:`agentropy.training.controllers.validate_controllers`).
+corridor or ArbEPO unless allowed (13.3 C14/C15, :func:`agentropy.training.entropy_controllers.validate_controllers`).
 
 Multi-turn mapping (14): a "row" of the source code (one response) is a **trajectory** here,
 so step-samples are grouped by ``traj_ids``: the quantile runs over all reply tokens of the

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from agentropy.agents.backends.base import GenerationBackend
-from agentropy.training.env_workers import EnvPool
+from agentropy.envs.pool import EnvPool
 from agentropy.training.rollout import (
     Episode,
     Lockstep,

@@ -56,7 +56,7 @@ def entropy_change_estimate(
     the entropy by ``-eta p Omega`` (one factor ``p`` more than the code's Omega, which is kept
     because it produced the results; checked numerically in tests/training/test_entropy_change.py).
     The move of the other logits is not in Omega; the full softmax step is EDC's ``eta A D``
-    (:func:`agentropy.training.edc.entropy_discriminator`).
+    (:func:`agentropy.training.methods.clip_bv.entropy_discriminator`).
 
     Shapes: all ``[B, L]`` (``advantages`` may be ``[B]``) -> ``[B, L]``; 0 where masked and where
     the value is not finite.
