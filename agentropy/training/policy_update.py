@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from agentropy.training import advantages as adv
-from agentropy.training import losses
+from agentropy.training import methods
 from agentropy.training.entropy import EntropyHistory
+from agentropy.training.methods.aepo import aepo_factor
 from agentropy.training.methods.arbepo import (
     TemperatureController,
     entropy_estimate,
@@ -325,7 +325,7 @@ def iteration_update(
     # 4-6. Advantages of the main rows in the fixed order base (GRPO / GiGPO / CANON) -> EMPG ->
     # AEPO factor (C11); regularisation rows are not part of any of their statistics (C19).
     main = main_idx if has_reg else list(range(n))
-    result = adv.compose_advantages(
+    result = methods.compose_advantages(
         episode_returns=_take(samples.returns, main), group_ids=_take(samples.group_ids, main),
         traj_ids=_take(samples.traj_ids, main), turn_indices=_take(samples.turns, main),
         entropy=old_entropy[main], mask=mask[main], cfg=strategy,
@@ -358,7 +358,7 @@ def iteration_update(
     z_pos = None
     if steer.enabled and strategy.aepo.enabled and strategy.aepo.entropy_advantage:
         z_pos = torch.zeros_like(mask, dtype=torch.bool)
-        z_pos[main] = adv.aepo_factor(old_entropy[main], mask[main], 1.0, strategy.aepo.z_scope) > 1.0
+        z_pos[main] = aepo_factor(old_entropy[main], mask[main], 1.0, strategy.aepo.z_scope) > 1.0
 
     # EPO reference for each sample's turn, from the history of previous iterations (paper: m < k).
     reference = state.entropy_history.reference(samples.turns)
@@ -422,7 +422,7 @@ def iteration_update(
                     keep_mb = keep[idx, :width].to(device)
                     if agg == "token-mean":
                         pg_norm = kept_pg_normalizer(kept_tokens, float(m.sum().clamp(min=1.0)), total_tokens)
-                loss, pl_stats = losses.policy_loss(
+                loss, pl_stats = methods.policy_loss(
                     logprobs, old_lp, a_mb, m,
                     strategy, entropy=entropy, traj_ids=[samples.traj_ids[i] for i in idx],
                     turn_reference=reference[idx].to(device), iteration=iteration,

@@ -8,15 +8,10 @@ import math
 import pytest
 import torch
 
-from agentropy.training.advantages import (
-    aepo_factor,
-    compose_advantages,
-    discounted_returns,
-    empg_modulate,
-    entropy_aware_advantage,
-    gigpo,
-    grpo,
-)
+from agentropy.training.advantages import discounted_returns, gigpo, grpo
+from agentropy.training.methods import compose_advantages
+from agentropy.training.methods.aepo import aepo_factor
+from agentropy.training.methods.empg import empg_modulate
 from agentropy.training.strategy_config import AdvantageConfig, AEPOConfig, EMPGConfig, StrategyConfig
 
 F64 = torch.float64
@@ -192,6 +187,12 @@ def test_empg_rejects_bad_input():
 
 
 # --------------------------------------------------------------------------- AEPO
+
+
+def entropy_aware_advantage(adv, entropy, mask, a, scope):
+    """``A~_j = A_j (1 + a z_j)`` on the valid tokens, as the composed advantage applies the factor."""
+    a_tok = adv.unsqueeze(-1) if adv.dim() == 1 else adv
+    return torch.where(mask.bool(), a_tok * aepo_factor(entropy, mask, a, scope), torch.zeros((), dtype=F64))
 
 
 def test_entropy_aware_advantage_per_step():

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentropy.training.advantages import compose_advantages, grpo
-from agentropy.training.losses import policy_loss
+from agentropy.training.advantages import grpo
+from agentropy.training.methods import compose_advantages, policy_loss
 from agentropy.training.methods.canon import CANONConfig, canon_advantages
 from agentropy.training.methods.clip_bv import expected_discriminator
 from agentropy.training.methods.siren import nucleus_entropy_and_size

@@ -10,19 +10,11 @@ import pytest
 import torch
 
 from agentropy.training.entropy import token_entropy
-from agentropy.training.losses import (
-    aggregate,
-    clip_cov_mask,
-    clipped_surrogate,
-    corridor_penalty,
-    epo_beta,
-    epo_loss_terms,
-    kl_cov_loss,
-    kl_k3,
-    policy_loss,
-    sg_clipped_surrogate,
-    token_covariance,
-)
+from agentropy.training.losses import aggregate, clipped_surrogate, kl_k3
+from agentropy.training.methods import policy_loss
+from agentropy.training.methods.aepo import sg_clipped_surrogate
+from agentropy.training.methods.clip_cov import clip_cov_mask, kl_cov_loss, token_covariance
+from agentropy.training.methods.epo import corridor_penalty, epo_beta, epo_loss_terms
 
 F64 = torch.float64
 

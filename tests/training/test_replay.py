@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from agentropy.training.losses import clip_cov_mask, clipped_surrogate
+from agentropy.training.losses import clipped_surrogate
+from agentropy.training.methods.clip_cov import clip_cov_mask
 from agentropy.training.methods.spear import (
     BaselineBuffer,
     ReplayBuffer,

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from agentropy.configuration import ConfigError, from_dict
-from agentropy.training.advantages import compose_advantages
+from agentropy.training.methods import compose_advantages
 from agentropy.training.strategy_config import (
     AEPOConfig,
     SPEARConfig,

@@ -79,16 +79,16 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny_dir):
 
 
 def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
-    from agentropy.training import losses
+    from agentropy.training import methods
     from agentropy.training.policy_update import NonFiniteLossError
 
-    real = losses.policy_loss
+    real = methods.policy_loss
 
     def poisoned(*args, **kwargs):
         loss, stats = real(*args, **kwargs)
         return loss * float("nan"), stats
 
-    monkeypatch.setattr(losses, "policy_loss", poisoned)
+    monkeypatch.setattr(methods, "policy_loss", poisoned)
     cfg = small_config(tmp_path, "nan", tiny_dir, ["train.iterations=1", "sft.enabled=false"])
     with pytest.raises(NonFiniteLossError):
         train(cfg)

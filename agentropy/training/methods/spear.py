@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from agentropy.training.entropy import IdsLike, group_index
-from agentropy.training.losses import Stats, clip_cov_mask, clipped_surrogate
+from agentropy.training.losses import Stats, clipped_surrogate
+from agentropy.training.methods.clip_cov import clip_cov_mask
 from agentropy.training.strategy_config import SPEARConfig
 
 
