@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from agentropy.training.advantages import grpo
-from agentropy.training.methods import compose_advantages, policy_loss
+from agentropy.training.methods import clip_bv, compose_advantages, policy_loss, siren
 from agentropy.training.methods.canon import CANONConfig, canon_advantages
 from agentropy.training.methods.clip_bv import expected_discriminator
 from agentropy.training.methods.siren import nucleus_entropy_and_size
 from agentropy.training.policy import pack, reply_logprobs_and_entropy
-from agentropy.training.policy_update import UpdateState, kept_pg_normalizer, recompute, recompute_old
+from agentropy.training.policy_update import UpdateState, kept_pg_normalizer, recompute_old
 from agentropy.training.strategy_config import AdvantageConfig, StrategyConfig
 
 
@@ -145,19 +145,22 @@ def test_recompute_extras_match_the_formulas_on_the_logits():
     torch.set_num_threads(1)
     model = _tiny_lm()
     batch = pack([[1, 2, 3], [4, 5], [6]], [[7, 8], [9, 10, 11], [12]], pad_id=0)
-    plain = recompute(model, batch, 2, 1.0, torch.device("cpu"))
-    out = recompute_old(model, batch, 2, 1.0, torch.device("cpu"), expected=True, nucleus=(0.8, 10000))
-    torch.testing.assert_close(out.logprobs, plain[0])
-    torch.testing.assert_close(out.entropy, plain[1])
+    plain = recompute_old(model, batch, 2, 1.0, torch.device("cpu"))
+    strategy = StrategyConfig()
+    strategy.siren.top_p, strategy.siren.top_k = 0.8, 10000
+    extras = (clip_bv.CLIP_V.pi_old_extra(strategy), siren.METHOD.pi_old_extra(strategy))
+    out = recompute_old(model, batch, 2, 1.0, torch.device("cpu"), extras)
+    torch.testing.assert_close(out.logprobs, plain.logprobs)
+    torch.testing.assert_close(out.entropy, plain.entropy)
     with torch.no_grad():
         lp, h, logits = reply_logprobs_and_entropy(model, batch, 1.0, return_logits=True)
     m = batch.response_mask.float()
     assert logits.shape == (3, 3, 40)
-    torch.testing.assert_close(out.expected, expected_discriminator(logits) * m, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.extra["expected"], expected_discriminator(logits) * m, rtol=1e-5, atol=1e-6)
     hp, size = nucleus_entropy_and_size(logits, 0.8, 10000)
-    torch.testing.assert_close(out.nucleus, hp * m, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.nucleus_size, size.float() * m)
-    assert (out.expected[m == 0] == 0).all() and (out.nucleus[m == 0] == 0).all()
+    torch.testing.assert_close(out.extra["nucleus"], hp * m, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.extra["nucleus_size"], size.float() * m)
+    assert (out.extra["expected"][m == 0] == 0).all() and (out.extra["nucleus"][m == 0] == 0).all()
 
 
 def test_update_state_saves_the_arbepo_controller_and_the_siren_anchor():

@@ -6,8 +6,13 @@ and the ways the default departs from the authors' code. The base they act on st
 :mod:`agentropy.training.advantages` (GRPO, GiGPO) and :mod:`agentropy.training.losses`
 (the PPO surrogate).
 
-This module composes the enabled methods in their fixed order, in the two places where
-several of them act on the same quantity:
+This module composes the methods. :data:`METHODS` lists them in the order they act (ArbEPO's
+controller and regularisation batch, AEPO, SPEAR's reward, CANON's base advantage, EMPG, the
+keep-mask of Clip_B / Clip_V, the loss-side methods); :func:`enabled_methods` is what the
+update runs, step by step, through each one's hooks (:class:`~agentropy.training.update_hooks.Method`).
+Adding a method is one new module with its ``METHOD`` and one line in :data:`METHODS`.
+
+Where several methods act on the same quantity, their composition is written out here:
 
 - :func:`compose_advantages`: base (GRPO / GiGPO, or CANON in place of the group baseline)
   -> EMPG (with its zero mean) -> AEPO's token factor, never renormalised afterwards (EMPG
@@ -29,14 +34,52 @@ from torch import Tensor
 from agentropy.training.advantages import FloatsLike, _as_vector, _per_trajectory_grpo, gigpo, grpo
 from agentropy.training.entropy import IdsLike, turn_entropy
 from agentropy.training.losses import Stats, _masked, aggregate, clipped_surrogate, kl_k3, token_flags
+from agentropy.training.methods import aepo, arbepo, canon, clip_bv, clip_cov, empg, epo, siren, spear, steer
 from agentropy.training.methods.aepo import aepo_factor, sg_clipped_surrogate
 from agentropy.training.methods.canon import canon_advantages
 from agentropy.training.methods.clip_cov import clip_cov_mask, kl_cov_loss
 from agentropy.training.methods.empg import empg_modulate
 from agentropy.training.methods.epo import epo_loss_terms
+from agentropy.training.update_hooks import Method
 
 if TYPE_CHECKING:
     from agentropy.training.strategy_config import StrategyConfig
+
+
+#: Every method, in the order its hooks run within each step of the update.
+METHODS: tuple[Method, ...] = (
+    arbepo.METHOD,
+    aepo.METHOD,
+    spear.METHOD,
+    canon.METHOD,
+    empg.METHOD,
+    clip_bv.CLIP_B,
+    clip_bv.CLIP_V,
+    clip_cov.CLIP_COV,
+    clip_cov.KL_COV,
+    steer.METHOD,
+    epo.METHOD,
+    siren.METHOD,
+)
+
+
+def enabled_methods(strategy: StrategyConfig) -> list[Method]:
+    """The methods ``strategy`` turns on, in :data:`METHODS` order."""
+    return [method for method in METHODS if method.enabled(strategy)]
+
+
+def create_states(strategy: StrategyConfig) -> dict[str, object]:
+    """Each method's state by key (``None`` for a method that is off), for ``UpdateState``."""
+    states: dict[str, object] = {}
+    for method in METHODS:
+        if method.create_state is None:
+            continue
+        if method.enabled(strategy):
+            states.update(method.create_state(strategy))
+        else:
+            states.update(dict.fromkeys(method.state_keys))
+    return states
+
 
 
 @dataclass

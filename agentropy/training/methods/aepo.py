@@ -41,6 +41,7 @@ from agentropy.training.losses import (
     ppo_token_loss,
     token_flags,
 )
+from agentropy.training.update_hooks import Method
 
 
 def sg_clipped_surrogate(
@@ -136,3 +137,8 @@ def aepo_factor(entropy: Tensor, mask: Tensor, a: float = 0.2, scope: str = "ste
     std = torch.where((count < 2) | (std == 0) | ~torch.isfinite(std), torch.ones_like(std), std)
     z = torch.where(m, (h - mean) / std, zero)
     return 1 + a * z
+
+
+# AEPO acts in the advantages and the surrogate (:mod:`agentropy.training.methods`) and, with
+# ``aepo.branching``, in the rollout (the trainer picks :mod:`.aepo_rollout`).
+METHOD = Method("aepo", enabled=lambda strategy: strategy.aepo.enabled)

@@ -32,6 +32,7 @@ from agentropy.training.advantages import grpo
 from agentropy.training.rollout import resolve_config
 from agentropy.training.strategy_config import ArbEPOConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 from agentropy.training.trajectory import Trajectory
+from agentropy.training.update_hooks import Method
 
 REGULARIZATION_KIND = "regularization"
 REGULARIZATION_PREFIX = "reg-"
@@ -276,3 +277,73 @@ def unit_advantages(token_advantages: Tensor, mask: Tensor, reg_rows: Tensor) ->
 
 def _prefixed(value: str) -> str:
     return value if value.startswith(REGULARIZATION_PREFIX) else REGULARIZATION_PREFIX + value
+
+
+# --------------------------------------------------------------------------------------
+# Hooks into the update (:mod:`agentropy.training.update_hooks`).
+# --------------------------------------------------------------------------------------
+
+
+def _select_batch(ctx: Any, trajectories: list[Trajectory], regularization: list[Trajectory] | None) -> list[Trajectory]:
+    """Pick the correct ``T_k`` episodes and splice them into the batch (they get ``A := 1`` later)."""
+    controller = ctx.state.arbepo
+    if controller is None or regularization is None:
+        return trajectories
+    arb = ctx.strategy.arbepo
+    selected, sel_metrics = select_regularization_episodes(regularization, len(trajectories), controller, arb)
+    batch, splice_metrics = splice_regularization(trajectories, selected, arb.mix)
+    ctx.metrics.update({**sel_metrics, **splice_metrics})
+    return batch
+
+
+def _after_pi_old(ctx: Any) -> None:
+    ctx.metrics["arbepo/frac_reg_tokens"] = float((ctx.mask - ctx.stat_mask).sum() / ctx.mask.sum().clamp(min=1.0))
+
+
+def _after_advantages(ctx: Any) -> None:
+    """``A := 1`` on the regularisation rows (after the keep-mask saw the final advantages), and
+    the controller's entropy state from the pi_old pass (``entropy_state: full_old``)."""
+    if ctx.has_exempt:
+        ctx.token_adv = unit_advantages(ctx.token_adv, ctx.mask, ctx.exempt).float()
+    if ctx.state.arbepo is not None and ctx.strategy.arbepo.entropy_state == "full_old":
+        ctx.state.arbepo.update(entropy_estimate(ctx.old.entropy, ctx.stat_mask, "full_old"))
+
+
+def _token_weights(ctx: Any, mini: Any, mb: Any) -> Tensor | None:
+    weight = ctx.strategy.arbepo.reg_token_weight
+    if not ctx.has_exempt or weight == 1.0:
+        return None
+    return torch.where(mb.exempt, weight, 1.0).unsqueeze(-1).expand_as(mb.mask).to(mb.mask.dtype)
+
+
+def _micro_batch_end(ctx: Any, mini: Any, mb: Any) -> None:
+    """Sum of ``-log pi`` over the update's tokens, for ``entropy_state: surprisal_update``."""
+    total = ctx.extra.setdefault("arbepo/surprisal", [0.0, 0.0])
+    with torch.no_grad():
+        total[0] += float(-(mb.logprobs.detach() * mb.mask).sum())
+        total[1] += float(mb.mask.sum())
+
+
+def _finish(ctx: Any) -> None:
+    controller = ctx.state.arbepo
+    if controller is None:
+        return
+    surprisal = ctx.extra.get("arbepo/surprisal", [0.0, 0.0])
+    if ctx.strategy.arbepo.entropy_state == "surprisal_update" and surprisal[1] > 0:
+        controller.update(surprisal[0] / surprisal[1])
+    ctx.metrics["arbepo/H_state_next"] = controller.h_state
+
+
+METHOD = Method(
+    "arbepo",
+    enabled=lambda strategy: strategy.arbepo.enabled,
+    create_state=lambda strategy: {"arbepo": TemperatureController.from_config(strategy.arbepo)},
+    state_keys=("arbepo",),
+    select_batch=_select_batch,
+    exempt_rows=lambda ctx, trajectories: regularization_rows(trajectories),
+    after_pi_old=_after_pi_old,
+    after_advantages=_after_advantages,
+    token_weights=_token_weights,
+    micro_batch_end=_micro_batch_end,
+    finish=_finish,
+)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from agentropy.training.entropy import IdsLike, group_index, turn_entropy
 from agentropy.training.strategy_config import CANONConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
+from agentropy.training.update_hooks import Method
 
 FloatsLike = Sequence[float] | Tensor | np.ndarray
 
@@ -197,3 +198,7 @@ def _empty_metrics(cfg: CANONConfig, mu: float | None) -> dict[str, float]:
     out = {f"canon/{k}": 0.0 for k in keys}
     out["canon/mu"] = float(cfg.mu if mu is None else mu)
     return out
+
+
+# CANON replaces the base advantage (:func:`agentropy.training.methods.compose_advantages`).
+METHOD = Method("canon", enabled=lambda strategy: strategy.canon.enabled)

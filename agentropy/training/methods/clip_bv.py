@@ -19,12 +19,14 @@ untouched (keep factor 1). Metrics are Python floats (once per iteration).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from agentropy.training.entropy import token_entropy
 from agentropy.training.strategy_config import ClipBConfig, ClipVConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
+from agentropy.training.update_hooks import Method
 
 
 @torch.no_grad()
@@ -179,3 +181,33 @@ def _drop_metrics(drop: Tensor, neg: Tensor, adv: Tensor, m: Tensor, n: int) -> 
         "edc/frac_clipped_neg": float((drop & m & neg).sum()) / denom,
         "edc/frac_clipped_pos": float((drop & m & (adv > 0)).sum()) / denom,
     }
+
+
+# --------------------------------------------------------------------------------------
+# Hooks into the update (:mod:`agentropy.training.update_hooks`): the keep-mask of the
+# policy-gradient term, from the sign of the final advantage (main rows only).
+# --------------------------------------------------------------------------------------
+
+
+def _pi_old_expected(strategy: Any) -> Any:
+    def extra(logits: Tensor, m: Tensor) -> dict[str, Tensor]:
+        return {"expected": expected_discriminator(logits) * m}
+
+    return extra
+
+
+def _keep_mask(ctx: Any, which: str) -> Tensor:
+    s_disc, d_disc = entropy_discriminator(ctx.old.logprobs, ctx.old.entropy, ctx.stat_mask,
+                                           ctx.old.extra.get("expected"))
+    if which == "clip_v":
+        keep, metrics = clip_v_mask(d_disc, ctx.token_adv, ctx.stat_mask, ctx.strategy.clip_v)
+    else:
+        keep, metrics = clip_b_mask(s_disc, ctx.token_adv, ctx.stat_mask, ctx.strategy.clip_b)
+    ctx.metrics.update(metrics)
+    return keep.float()
+
+
+CLIP_B = Method("clip_b", enabled=lambda strategy: strategy.clip_b.enabled,
+                keep_mask=lambda ctx: _keep_mask(ctx, "clip_b"))
+CLIP_V = Method("clip_v", enabled=lambda strategy: strategy.clip_v.enabled, pi_old_extra=_pi_old_expected,
+                keep_mask=lambda ctx: _keep_mask(ctx, "clip_v"))

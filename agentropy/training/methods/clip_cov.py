@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from agentropy.training.losses import Stats, _frac, _masked, _masked_mean, _prepare, _ratio, aggregate
+from agentropy.training.update_hooks import Method
 
 
 def token_covariance(advantages: Tensor, logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -132,3 +133,8 @@ def kl_cov_loss(
     loss = aggregate(per_token, m, agg, normalizer)
     stats = {"kl_cov_frac": _frac(selected, m), "approx_kl": _masked_mean((old - logp).detach(), m)}
     return loss, stats
+
+
+# Both act in the surrogate (:func:`agentropy.training.methods.policy_loss`).
+CLIP_COV = Method("clip_cov", enabled=lambda strategy: strategy.clip_cov.enabled)
+KL_COV = Method("kl_cov", enabled=lambda strategy: strategy.kl_cov.enabled)

@@ -26,6 +26,7 @@ from agentropy.training.advantages import (
     _out_dtype,
 )
 from agentropy.training.entropy import IdsLike
+from agentropy.training.update_hooks import Method
 
 
 def empg_modulate(
@@ -94,3 +95,7 @@ def empg_modulate(
         "empg/mod_mean": float(modulated[ok].mean()),
     }
     return final.to(out_dtype), metrics
+
+
+# EMPG acts in the advantage pipeline (:func:`agentropy.training.methods.compose_advantages`).
+METHOD = Method("empg", enabled=lambda strategy: strategy.empg.enabled)

@@ -26,12 +26,14 @@ See ``docs/methods/epo.md``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from agentropy.training.entropy import IdsLike, trajectory_turn_mean, turn_entropy
 from agentropy.training.losses import Stats, _frac, _masked, _masked_mean
+from agentropy.training.update_hooks import Method
 
 
 def corridor_penalty(entropy: Tensor, href: Tensor, kappa_l: float = 0.0, kappa_r: float = 2.0) -> Tensor:
@@ -135,3 +137,12 @@ def epo_loss_terms(
         "epo/href_mean": href_mean.detach(),
     }
     return term, stats
+
+
+def _finish(ctx: Any) -> None:
+    ctx.metrics["epo/reference_mean"] = ctx.metrics["entropy/history_reference"]
+
+
+# EPO acts in the loss (:func:`agentropy.training.methods.policy_loss`) against the per-turn
+# history every run keeps (``UpdateState.entropy_history``).
+METHOD = Method("epo", enabled=lambda strategy: strategy.epo.enabled, finish=_finish)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from agentropy.training.entropy import IdsLike, group_index
 from agentropy.training.strategy_config import SIRENConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
+from agentropy.training.update_hooks import Method
 
 Stats = dict[str, Tensor]
 
@@ -357,3 +358,59 @@ def _selected_means(
     means = torch.where(has, sums / counts.clamp_min(1), zero)
     inv = torch.where(has, 1.0 / counts.clamp_min(1), zero)
     return means, inv.detach(), tokens > 0
+
+
+# --------------------------------------------------------------------------------------
+# Hooks into the update (:mod:`agentropy.training.update_hooks`).
+# --------------------------------------------------------------------------------------
+
+
+def _pi_old_nucleus(strategy: Any) -> Any:
+    siren = strategy.siren
+
+    def extra(logits: Tensor, m: Tensor) -> dict[str, Tensor]:
+        hp, size = nucleus_entropy_and_size(logits, siren.top_p, siren.top_k)
+        return {"nucleus": hp * m, "nucleus_size": size * m}
+
+    return extra
+
+
+def _after_pi_old(ctx: Any) -> None:
+    """The anchor at the first update (then frozen), and the peak positions of each whole
+    trajectory, chosen once per iteration under pi_old."""
+    anchor, siren, samples = ctx.state.siren_anchor, ctx.strategy.siren, ctx.samples
+    if anchor is None:
+        return
+    nucleus = ctx.old.extra["nucleus"]
+    if not anchor.ready:
+        ctx.metrics.update(anchor.set_from(nucleus, ctx.stat_mask, siren, samples.traj_ids, samples.turns))
+    rows_of = samples.traj_ids if siren.row == "trajectory" else None
+    ctx.extra["siren/selected"] = peak_entropy_mask(nucleus, ctx.stat_mask, rows_of, siren.quantile)
+
+
+def _extra_loss(ctx: Any, mini: Any, mb: Any) -> Tensor | None:
+    """The penalty on this micro-batch's trajectory parts, weighted by its share of the
+    mini-batch's main tokens (the term has its own aggregation)."""
+    if not mb.has_main:
+        return None
+    siren, samples = ctx.strategy.siren, ctx.samples
+    h_topp, size = nucleus_entropy_and_size(mb.logits, siren.top_p, siren.top_k)
+    term, stats = siren_loss(h_topp, mb.stat_mask, ctx.state.siren_anchor, siren,
+                             traj_ids=[samples.traj_ids[i] for i in mb.idx],
+                             turns=[samples.turns[i] for i in mb.idx],
+                             selected=ctx.extra["siren/selected"][mb.idx, : mb.width].to(ctx.device),
+                             nucleus_size=size)
+    mb.stats.update({k: float(v) for k, v in stats.items()})
+    return term * (float(mb.stat_mask.sum()) / mini.stat_tokens)
+
+
+METHOD = Method(
+    "siren",
+    enabled=lambda strategy: strategy.siren.enabled,
+    create_state=lambda strategy: {"siren_anchor": SIRENAnchor.from_config(strategy.siren)},
+    state_keys=("siren_anchor",),
+    pi_old_extra=_pi_old_nucleus,
+    after_pi_old=_after_pi_old,
+    extra_loss=_extra_loss,
+    needs_logits=True,
+)

@@ -30,7 +30,10 @@ from torch import Tensor
 from agentropy.training.entropy import IdsLike, group_index
 from agentropy.training.losses import Stats, clipped_surrogate
 from agentropy.training.methods.clip_cov import clip_cov_mask
+from agentropy.training.minibatch import micro_weight, mini_batches, take
+from agentropy.training.policy import pack, reply_logprobs_and_entropy
 from agentropy.training.strategy_config import SPEARConfig
+from agentropy.training.update_hooks import Method
 
 
 @dataclass
@@ -402,3 +405,90 @@ def _floats(values: Sequence[float] | Tensor, field: str) -> list[float]:
         if not math.isfinite(v):
             raise ValueError(f"{field}[{i}] is not finite: {v}")
     return out
+
+
+# --------------------------------------------------------------------------------------
+# Hooks into the update (:mod:`agentropy.training.update_hooks`).
+# --------------------------------------------------------------------------------------
+
+
+def _episode_bonus(ctx: Any, trajectories: Sequence[Any]) -> dict[str, float]:
+    """The cosine-decayed tool-call reward, added to each episode's outcome."""
+    spear = ctx.strategy.spear
+    if spear.tool_reward == "none":
+        return {}
+    bonus: dict[str, float] = {}
+    for t in trajectories:
+        bonus[t.traj_id] = tool_call_reward(t.length, ctx.iteration, spear.tool_reward_steps, spear.tool_reward,
+                                            spear.tool_reward_per_call, spear.tool_reward_cap)
+    ctx.metrics["spear/tool_reward_mean"] = float(np.mean(list(bonus.values()))) if bonus else 0.0
+    return bonus
+
+
+def _after_advantages(ctx: Any) -> None:
+    """Buffer write: the sign of the plain base advantage decides (never exempt rows)."""
+    samples, main = ctx.samples, ctx.main
+    ctx.state.replay.add(take(samples.pairs, main),
+                         [ctx.old.logprobs[i, : len(samples.pairs[i][1])].clone() for i in main],
+                         take(samples.returns, main), ctx.advantages.buffer_sign_source, ctx.iteration)
+
+
+def _replay_update(ctx: Any) -> None:
+    """Recalibrate the buffer against the baseline, replay with SIL in optimizer steps of its
+    own (after the on-policy ones); rows that are not main samples never enter."""
+    state, strategy, samples, main, train = ctx.state, ctx.strategy, ctx.samples, ctx.main, ctx.cfg.train
+    spear, pl = strategy.spear, strategy.policy_loss
+    model, optimizer, accelerator, device, generator = (ctx.model, ctx.optimizer, ctx.accelerator, ctx.device,
+                                                        ctx.generator)
+    state.baseline.add_groups(take(samples.group_ids, main), take(samples.returns, main),
+                              take(samples.traj_ids, main))
+    weight = sil_weight(ctx.iteration, spear.sil_coef, spear.sil_ramp_steps)
+    out = {"spear/buffer_size": float(len(state.replay)), "spear/sil_weight": weight}
+    ctx.metrics.update(out)
+    triggered = state.replay.triggered(state.baseline)
+    ctx.metrics["spear/triggered"] = float(triggered)
+    if not triggered:
+        return
+    draw = state.replay.sample(state.baseline, generator)
+    ctx.metrics.update(draw.metrics)
+    if not draw.items:
+        return
+    batch = pack([it.sample[0] for it in draw.items], [it.sample[1] for it in draw.items], ctx.pad_id)
+    behaviour = torch.zeros(batch.response_ids.shape)
+    for i, item in enumerate(draw.items):
+        lp = torch.as_tensor(item.behaviour_logprobs, dtype=torch.float32)
+        behaviour[i, : lp.numel()] = lp
+    advantages = torch.tensor(draw.advantages, dtype=torch.float32)
+    ctx.metrics["spear/replay_samples"] = float(len(draw.items))
+    for chunk in mini_batches(len(draw.items), train.mini_batches, generator):
+        if not chunk:
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        total_tokens = float(batch.response_mask[chunk].sum().clamp(min=1))
+        for start in range(0, len(chunk), train.micro_batch_size):
+            idx = chunk[start : start + train.micro_batch_size]
+            sub = batch.select(idx).to(device)
+            logprobs, _ = reply_logprobs_and_entropy(model, sub, ctx.temperature)
+            m = sub.response_mask.float()
+            width = sub.reply_width
+            token_adv = advantages[idx].to(device).unsqueeze(-1) * m
+            loss, _ = sil_loss(
+                logprobs, behaviour[idx, :width].to(device), token_adv, m, pl.clip_low, pl.clip_high,
+                pl.dual_clip, pl.agg, clip_cov=spear.replay_clip_cov, clip_cov_ratio=spear.replay_clip_cov_ratio,
+                clip_cov_lb=spear.replay_clip_cov_lb, clip_cov_ub=spear.replay_clip_cov_ub, generator=generator,
+            )
+            accelerator.backward(weight * loss * micro_weight(pl.agg, m, len(idx), total_tokens, len(chunk)))
+        accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
+        optimizer.step()
+
+
+METHOD = Method(
+    "spear",
+    enabled=lambda strategy: strategy.spear.enabled,
+    create_state=lambda strategy: {"replay": ReplayBuffer.from_config(strategy.spear),
+                                   "baseline": BaselineBuffer(max_size=strategy.spear.baseline_buffer_size)},
+    state_keys=("replay", "baseline"),
+    episode_bonus=_episode_bonus,
+    after_advantages=_after_advantages,
+    after_on_policy=_replay_update,
+)

@@ -23,11 +23,15 @@ micro-batch alone (code parity, no extra pass).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from agentropy.training.methods.aepo import aepo_factor
+from agentropy.training.policy import reply_logprobs_and_entropy
 from agentropy.training.strategy_config import STEERConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
+from agentropy.training.update_hooks import Method
 
 Stats = dict[str, Tensor]
 
@@ -187,3 +191,83 @@ def _check_shapes(ref: Tensor, **others: Tensor) -> None:
     for name, t in others.items():
         if t.shape != ref.shape:
             raise ValueError(f"{name} {tuple(t.shape)} must match logprobs {tuple(ref.shape)}")
+
+
+# --------------------------------------------------------------------------------------
+# Hooks into the update (:mod:`agentropy.training.update_hooks`).
+# --------------------------------------------------------------------------------------
+
+
+def split_weight_means(weights: Tensor, active: Tensor, z_pos: Tensor) -> dict[str, float]:
+    """``steer/w_mean_zpos`` / ``steer/w_mean_zneg``: STEER's mean weight on the tokens AEPO's
+    factor amplifies (entropy z-score > 0) and on the others, to see whether the two methods
+    pull the same tokens in opposite directions."""
+    out = {}
+    for name, sel in (("zpos", active & z_pos), ("zneg", active & ~z_pos)):
+        count = int(sel.sum())
+        if count:  # a micro-batch without such tokens does not enter the iteration's mean
+            out[f"steer/w_mean_{name}"] = float(weights[sel].sum()) / count
+    return out
+
+
+@torch.no_grad()
+def mini_batch_omega_range(model, batch, micro_batches, old_logprobs, old_entropy, token_adv, stat_mask,
+                           temperature, device, prob_eps) -> Tensor:
+    """``[min |Omega|, max |Omega|]`` over the mini-batch's valid main tokens: a no-grad forward
+    pass over its micro-batches first (the model does not change inside a mini-batch, so the
+    values are those of the gradient pass), so the weights do not depend on the micro-batch size."""
+    rng = None
+    for idx in micro_batches:
+        sub = batch.select(idx).to(device)
+        width = sub.reply_width
+        logprobs, _ = reply_logprobs_and_entropy(model, sub, temperature)
+        m = sub.response_mask.float()
+        omega = entropy_change_estimate(logprobs, old_logprobs[idx, :width].to(device),
+                                        old_entropy[idx, :width].to(device), token_adv[idx, :width].to(device),
+                                        m, prob_eps)
+        rng = omega_range(omega, stat_mask[idx, :width].to(device), previous=rng)
+    return rng
+
+
+def _after_advantages(ctx: Any) -> None:
+    """With AEPO's token factor on, mark the tokens it amplifies (z > 0) to log STEER's weights
+    on both sides."""
+    aepo = ctx.strategy.aepo
+    if not (aepo.enabled and aepo.entropy_advantage):
+        return
+    main = ctx.main
+    z_pos = torch.zeros_like(ctx.mask, dtype=torch.bool)
+    z_pos[main] = aepo_factor(ctx.old.entropy[main], ctx.mask[main], 1.0, aepo.z_scope) > 1.0
+    ctx.extra["steer/z_pos"] = z_pos
+
+
+def _mini_batch_start(ctx: Any, mini: Any) -> None:
+    steer = ctx.strategy.steer
+    if steer.stat_scope == "minibatch" and len(mini.micro_batches) > 1:
+        mini.extra["steer/omega_range"] = mini_batch_omega_range(
+            ctx.model, ctx.samples.batch, mini.micro_batches, ctx.old.logprobs, ctx.old.entropy, ctx.token_adv,
+            ctx.stat_mask, ctx.temperature, ctx.device, steer.prob_eps)
+
+
+def _token_weights(ctx: Any, mini: Any, mb: Any) -> Tensor:
+    steer = ctx.strategy.steer
+    omega = entropy_change_estimate(mb.logprobs, mb.old_logprobs, ctx.old.entropy[mb.idx, : mb.width].to(ctx.device),
+                                    mb.advantages, mb.mask, steer.prob_eps)
+    weights, stats = steer_weights(omega, mb.mask, steer, omega_stats=mini.extra.get("steer/omega_range"),
+                                   exempt=mb.exempt if ctx.has_exempt else None)
+    if mb.has_main:
+        mb.stats.update({k: float(v) for k, v in stats.items()})
+    z_pos = ctx.extra.get("steer/z_pos")
+    if z_pos is not None:
+        mb.stats.update(split_weight_means(weights, mb.mask.bool() & ~mb.exempt.unsqueeze(-1),
+                                           z_pos[mb.idx, : mb.width].to(ctx.device)))
+    return weights
+
+
+METHOD = Method(
+    "steer",
+    enabled=lambda strategy: strategy.steer.enabled,
+    after_advantages=_after_advantages,
+    mini_batch_start=_mini_batch_start,
+    token_weights=_token_weights,
+)
