@@ -71,8 +71,8 @@ def group_index(ids: IdsLike, field: str = "ids") -> tuple[Tensor, list[Hashable
     return torch.tensor(codes, dtype=torch.long), list(table)
 
 
-def turn_entropy(entropy: Tensor, mask: Tensor) -> Tensor:
-    """Step (turn) entropy ``H_{i,t} = (1/L_{i,t}) sum_l H_{i,t,l}`` (ALGORITHMS.md 0.3).
+def row_mean_entropy(entropy: Tensor, mask: Tensor) -> Tensor:
+    """Mean token entropy of each row (one step, or turn): ``H_{i,t} = (1/L_{i,t}) sum_l H_{i,t,l}``.
 
     Shapes: ``entropy [B, L]``, ``mask [B, L]`` -> ``[B]``. A row without reply tokens gets 0;
     use ``mask.any(-1)`` to tell it apart.
@@ -99,7 +99,7 @@ def trajectory_turn_mean(values: Tensor, mask: Tensor, traj_ids: IdsLike) -> Ten
     if codes.numel() != values.shape[0]:
         raise ValueError(f"traj_ids has {codes.numel()} entries for {values.shape[0]} rows")
     codes = codes.to(values.device)
-    row_mean = turn_entropy(values, mask)
+    row_mean = row_mean_entropy(values, mask)
     row_valid = mask.bool().any(-1)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     traj_sum = torch.zeros(len(keys), dtype=values.dtype, device=values.device).index_add(
@@ -185,7 +185,7 @@ class EntropyHistory:
     def update_from_tokens(self, entropy: Tensor, mask: Tensor, turn_indices: Sequence[int] | Tensor) -> None:
         """:meth:`update` from per-token entropies ``[B, L]`` of one step (token-weighted)."""
         m = mask.bool()
-        self.update(turn_indices, turn_entropy(entropy.detach(), m).double().cpu(), m.sum(-1).double().cpu())
+        self.update(turn_indices, row_mean_entropy(entropy.detach(), m).double().cpu(), m.sum(-1).double().cpu())
 
     def global_mean(self) -> float:
         """``(1/k) sum_m Hbar_m`` over the recorded steps (NaN before the first update)."""

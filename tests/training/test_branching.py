@@ -16,11 +16,10 @@ from agentropy.agents.prompts import PromptConfig
 from agentropy.envs.base import base_info, text_space
 from agentropy.envs.pool import EnvPool
 from agentropy.training.methods.aepo_rollout import (
-    branch_probability,
     branch_score,
     collect_branching,
     global_count,
-    turn_entropy,
+    leading_mean_entropy,
 )
 from agentropy.training.rollout import RolloutConfig, TaskSpec
 from agentropy.training.strategy_config import AEPOConfig
@@ -127,6 +126,14 @@ def test_global_count_matches_hand_values():
     assert global_count(10, 1.0, 3.0, beta_pm=1.0) == 2  # floor(10 * 0.1192) + 1
 
 
+def branch_probability(dh: float, consecutive: int, cfg: AEPOConfig) -> float:
+    """P(fork) = P_u(score >= tau) = clip(1 - tau / (1 - c*l) + beta * dH, 0, 1) for u ~ U(0, 1)."""
+    factor = 1.0 - cfg.consecutive_penalty * consecutive
+    if factor <= 0:
+        return 1.0 if cfg.branch_threshold <= 0 else 0.0
+    return min(max(1.0 - cfg.branch_threshold / factor + cfg.entropy_weight * dh, 0.0), 1.0)
+
+
 def test_branch_probability_matches_hand_values_and_the_score_rule():
     cfg = AEPOConfig()  # tau 0.5, beta 0.2, c 0.05
     assert branch_probability(0.0, 0, cfg) == pytest.approx(0.5)
@@ -152,9 +159,9 @@ def _by_group(trajs):
     return groups
 
 
-def test_turn_entropy_averages_the_first_window_tokens():
-    assert turn_entropy([1.0, 2.0, 3.0, 100.0], 3) == 2.0
-    assert turn_entropy([1.0, 2.0, 3.0, 100.0], None) == 26.5 and turn_entropy([], 20) == 0.0
+def test_leading_mean_entropy_averages_the_first_window_tokens():
+    assert leading_mean_entropy([1.0, 2.0, 3.0, 100.0], 3) == 2.0
+    assert leading_mean_entropy([1.0, 2.0, 3.0, 100.0], None) == 26.5 and leading_mean_entropy([], 20) == 0.0
 
 
 def test_premonitoring_splits_global_and_branch_budget(tokenizer):

@@ -14,9 +14,9 @@ from agentropy.training.entropy import (
     EntropyTracker,
     entropy_stats,
     group_index,
+    row_mean_entropy,
     token_entropy,
     trajectory_turn_mean,
-    turn_entropy,
 )
 
 NEG_INF = float("-inf")
@@ -72,10 +72,10 @@ def test_group_index_strings_ints_tensors():
         group_index(["x", ["not", "hashable"]], "traj_ids")
 
 
-def test_turn_entropy_masks_and_empty_rows():
+def test_row_mean_entropy_masks_and_empty_rows():
     h = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0], [5.0, 5.0, 5.0]])
     m = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
-    assert turn_entropy(h, m).tolist() == [1.5, 4.0, 0.0]
+    assert row_mean_entropy(h, m).tolist() == [1.5, 4.0, 0.0]
 
 
 def test_trajectory_turn_mean_value_and_gradient():

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from agentropy.training.advantages import FloatsLike, _as_vector, _per_trajectory_grpo, gigpo, grpo
-from agentropy.training.entropy import IdsLike, turn_entropy
+from agentropy.training.entropy import IdsLike, row_mean_entropy
 from agentropy.training.losses import Stats, _masked, aggregate, clipped_surrogate, kl_k3, token_flags
 from agentropy.training.methods import aepo, arbepo, canon, clip_bv, clip_cov, empg, epo, siren, spear, steer
 from agentropy.training.methods.aepo import aepo_factor, sg_clipped_surrogate
@@ -190,7 +190,7 @@ def compose_advantages(
 
     step = base
     if empg.enabled:
-        step_h = turn_entropy(entropy.detach(), mask).double().cpu()
+        step_h = row_mean_entropy(entropy.detach(), mask).double().cpu()
         step, empg_metrics = empg_modulate(
             step_h,
             base,

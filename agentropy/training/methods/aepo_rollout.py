@@ -105,21 +105,13 @@ def branch_score(u: float, dh: float, consecutive: int, cfg: AEPOConfig) -> floa
     return min(max((u + cfg.entropy_weight * dh) * factor, 0.0), 1.0)
 
 
-def branch_probability(dh: float, consecutive: int, cfg: AEPOConfig) -> float:
-    """P(fork) = P_u(score >= tau) = clip(1 - tau / (1 - c*l) + beta * dH, 0, 1) for u ~ U(0, 1)."""
-    factor = 1.0 - cfg.consecutive_penalty * consecutive
-    if factor <= 0:
-        return 1.0 if cfg.branch_threshold <= 0 else 0.0
-    return min(max(1.0 - cfg.branch_threshold / factor + cfg.entropy_weight * dh, 0.0), 1.0)
-
-
 def entropy_scale(tokenizer: Any) -> float:
     """ln|V|, |V| = ``len(tokenizer)``: rollout entropies are divided by it, as in the AEPO code."""
     vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else int(tokenizer.vocab_size)
     return math.log(max(vocab, 2))
 
 
-def turn_entropy(entropy: Sequence[float], window: int | None) -> float:
+def leading_mean_entropy(entropy: Sequence[float], window: int | None) -> float:
     """Mean token entropy of a reply's first ``window`` tokens (all of them if ``window`` is 0/None)."""
     head = list(entropy[:window]) if window else list(entropy)
     return float(sum(head) / len(head)) if head else 0.0
@@ -127,7 +119,7 @@ def turn_entropy(entropy: Sequence[float], window: int | None) -> float:
 
 def premonitor_entropies(probe: Trajectory, window: int | None = None) -> tuple[float, float] | None:
     """(H_root, H_tool_mean) of a probe trajectory; None if it has no reply."""
-    turns = [turn_entropy(s.entropy, window) for s in probe.steps]
+    turns = [leading_mean_entropy(s.entropy, window) for s in probe.steps]
     if not turns:
         return None
     h_root = turns[0]
@@ -316,8 +308,8 @@ def _decide_forks(replies: Sequence[Reply], books: list[_TaskBook], cfg: AEPOCon
         book = books[ep.task_index]
         if ep.turn < 1:
             continue
-        h_init = turn_entropy(ep.traj.steps[0].entropy, window)
-        dh = (turn_entropy(reply.completion.entropy, window) - h_init) / scale
+        h_init = leading_mean_entropy(ep.traj.steps[0].entropy, window)
+        dh = (leading_mean_entropy(reply.completion.entropy, window) - h_init) / scale
         for _ in range(cfg.beam_size - 1):
             if book.started >= k:
                 break

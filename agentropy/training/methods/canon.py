@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agentropy.training.entropy import IdsLike, group_index, turn_entropy
+from agentropy.training.entropy import IdsLike, group_index, row_mean_entropy
 from agentropy.training.strategy_config import CANONConfig  # noqa: F401  (re-exported; defined there to keep it torch-free)
 from agentropy.training.update_hooks import Method
 
@@ -164,7 +164,7 @@ def _trajectory_metric(entropy: Tensor, mask: Tensor, traj: Tensor, n_traj: int,
     has = m.any(-1)
     turns = torch.zeros(n_traj, dtype=torch.float64).index_add(0, traj, has.double())
     if metric == "turn_mean":
-        row = torch.where(has, turn_entropy(h, m), torch.zeros((), dtype=torch.float64))
+        row = torch.where(has, row_mean_entropy(h, m), torch.zeros((), dtype=torch.float64))
         total = torch.zeros(n_traj, dtype=torch.float64).index_add(0, traj, row)
         return total / turns.clamp_min(1), turns
     if metric == "token_mean":

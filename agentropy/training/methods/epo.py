@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agentropy.training.entropy import IdsLike, trajectory_turn_mean, turn_entropy
+from agentropy.training.entropy import IdsLike, row_mean_entropy, trajectory_turn_mean
 from agentropy.training.losses import Stats, _frac, _masked, _masked_mean
 from agentropy.training.update_hooks import Method
 
@@ -119,7 +119,7 @@ def epo_loss_terms(
             smooth = trajectory_turn_mean(penalty, m, traj_ids)
             measured, where_valid, ref_b = h.detach(), m & has_ref.unsqueeze(-1), ref.unsqueeze(-1)
         else:
-            row_h = turn_entropy(h, m)
+            row_h = row_mean_entropy(h, m)
             penalty = _masked(corridor_penalty(row_h, ref, kappa_l, kappa_r), has_ref)
             smooth = trajectory_turn_mean(penalty.unsqueeze(-1), m.any(-1).unsqueeze(-1), traj_ids)
             measured, where_valid, ref_b = row_h.detach(), rows, ref
