@@ -1,12 +1,12 @@
 """Advantage estimators and the entropy modulations that act on them.
 
 Pure functions: per-sample data in, advantages out. A sample is one step-sample (one turn of
-one trajectory, ALGORITHMS.md 0.2(1)); ``N`` or ``B`` below is the number of samples and ``L``
+one trajectory, docs/methods/README.md); ``N`` or ``B`` below is the number of samples and ``L``
 the padded reply length. Bookkeeping runs in float64; results come back in the dtype of the
 reward/entropy tensor given (float32 when plain Python lists are given). Ids (groups,
 trajectories, anchor states) may be any hashable values: strings, ints, tuples.
 
-The fixed composition order (ALGORITHMS.md 6.2 steps 3-5, conflict C11) is
+The fixed composition order (docs/methods/README.md) is
 :func:`compose_advantages`: base (GRPO or GiGPO) -> EMPG (with its zero-mean) -> AEPO token
 factor, never renormalised afterwards. Metrics returned here are Python floats (this runs
 once per iteration, not per micro-batch).
@@ -28,7 +28,7 @@ FloatsLike = Sequence[float] | Tensor | np.ndarray
 
 
 def grpo(rewards: FloatsLike, group_ids: IdsLike, norm_by_std: bool = True, eps: float = 1e-6) -> Tensor:
-    """GRPO group-normalised outcome advantage (ALGORITHMS.md 1.2):
+    """GRPO group-normalised outcome advantage (docs/methods/base.md):
 
         A_i = (R_i - mean_G R) / (std_G R + eps)      (norm_by_std=False: A_i = R_i - mean_G R)
 
@@ -56,7 +56,7 @@ def discounted_returns(
     step_rewards: FloatsLike, traj_ids: IdsLike, turn_indices: Sequence[int] | Tensor, gamma: float = 0.95
 ) -> Tensor:
     """Step returns ``g_{j,t} = sum_{k>=t} gamma^(k-t) r_{j,k}`` within each trajectory
-    (ALGORITHMS.md 1.4), ordering each trajectory's samples by turn index. Shapes: ``[N] -> [N]``."""
+    (docs/methods/base.md), ordering each trajectory's samples by turn index. Shapes: ``[N] -> [N]``."""
     r = _as_vector(step_rewards, "step_rewards")
     traj, _ = _codes(traj_ids, "traj_ids", r.numel())
     turns = _as_long(turn_indices, "turn_indices", r.numel())
@@ -94,7 +94,7 @@ def gigpo(
     step_keys: Sequence[Hashable] | None = None,
     shared_prefix: str = "none",
 ) -> GiGPOAdvantages:
-    """GiGPO: episode-level plus anchor-state step-level advantages (ALGORITHMS.md 1.4).
+    """GiGPO: episode-level plus anchor-state step-level advantages (docs/methods/base.md).
 
         A^E_i   = (R_i - mean_G R) / F            F = std_G R + eps (mean_std_norm) or 1 (mean_norm)
         g_{j,t} = sum_{k>=t} gamma^(k-t) r_{j,k}  (discounted step return, per-step env rewards)
@@ -106,7 +106,7 @@ def gigpo(
     ``"per_trajectory"`` counts each trajectory once), an episode group of one has mean 0 and
     std 1, a step group of one gets ``A^S = 0``, and std is unbiased.
 
-    Branching (ALGORITHMS.md 6.3 C7): samples that are copies of one generated step (a shared
+    Branching (docs/methods/README.md): samples that are copies of one generated step (a shared
     prefix duplicated into several branches) carry the same ``step_keys`` entry. With
     ``shared_prefix="once"`` such a step counts once in its step group, with the mean return of
     its copies, and every copy gets that entry's ``A^S``; with ``"episode_only"`` copied steps

@@ -1,11 +1,11 @@
 """Token entropy and the entropy bookkeeping the strategies share.
 
 Everything here is a pure function on tensors except two small stateful records:
-:class:`EntropyHistory` (EPO's per-turn reference, ALGORITHMS.md 2(b)/2(f)) and
+:class:`EntropyHistory` (EPO's per-turn reference, docs/methods/epo.md) and
 :class:`EntropyTracker` (per-iteration entropy metrics). Shapes: ``B`` rows (one row is one
-step-sample, i.e. one turn of one trajectory, ALGORITHMS.md 0.2(1)), ``L`` response
+step-sample, i.e. one turn of one trajectory, docs/methods/README.md), ``L`` response
 positions, ``V`` vocabulary entries. ``mask`` is 1 on generated reply tokens and 0 on padding;
-every statistic runs over ``mask == 1`` only (ALGORITHMS.md 0.2 "Rule for this trainer").
+every statistic runs over ``mask == 1`` only (docs/methods/README.md "Rule for this trainer").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ IdsLike = Sequence[Hashable] | Tensor | np.ndarray
 
 
 def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Entropy of ``softmax(logits / T)`` over the last dimension (ALGORITHMS.md 0.3).
+    """Entropy of ``softmax(logits / T)`` over the last dimension (docs/methods/README.md).
 
     ``H = logsumexp(z) - sum_v p_v z_v = -sum_v p_v (z_v - logsumexp(z))`` with ``z = logits / T``
     and ``p = softmax(z)``. The second (log-sum-exp) form is used: ``log_softmax`` subtracts the
@@ -83,7 +83,7 @@ def row_mean_entropy(entropy: Tensor, mask: Tensor) -> Tensor:
 
 
 def trajectory_turn_mean(values: Tensor, mask: Tensor, traj_ids: IdsLike) -> Tensor:
-    """EPO's trajectory-level average (ALGORITHMS.md 2(b), the form of ``L^H``):
+    """EPO's trajectory-level average (docs/methods/epo.md, the form of ``L^H``):
 
         (1/B) sum_j (1/T_j) sum_t (1/|tau_{j,t}|) sum_i values_{j,t,i}
 
@@ -114,10 +114,10 @@ def trajectory_turn_mean(values: Tensor, mask: Tensor, traj_ids: IdsLike) -> Ten
 
 
 class EntropyHistory:
-    """EPO's per-turn cumulative entropy reference ``Hbar^ref_t`` (ALGORITHMS.md 2(b), 2(f)).
+    """EPO's per-turn cumulative entropy reference ``Hbar^ref_t`` (docs/methods/epo.md).
 
     After RL step ``m`` the trainer calls :meth:`update` with that step's mean token entropy of
-    each turn index ``Hbar_m[t]`` (on-policy data only, 6.2 step 9). The reference of turn ``t``
+    each turn index ``Hbar_m[t]`` (on-policy data only). The reference of turn ``t``
     is the mean of ``Hbar_m[t]`` over the steps ``m`` in which turn ``t`` existed, indexed by
     the TRUE turn number (the released code left-pads with zeros and shifts turns; this is the
     documented default instead). A turn never seen falls back to the global cumulative mean

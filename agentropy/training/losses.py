@@ -3,7 +3,7 @@
 Pure functions on tensors. Shapes: ``logprobs``, ``old_logprobs``, ``mask`` are ``[B, L]``
 (``B`` step-samples, ``L`` padded reply positions); ``advantages`` is ``[B, L]`` or ``[B]``
 (broadcast over the reply). ``mask`` is 1 on reply tokens; every per-token quantity is taken
-on the full tensor and then masked before any sum or statistic (ALGORITHMS.md 0.2). Values at
+on the full tensor and then masked before any sum or statistic (docs/methods/README.md). Values at
 masked positions are replaced by 0 on entry, so padding that holds ``-inf`` or NaN (e.g. the
 log-prob of a masked pad token) never reaches the loss or its gradient.
 
@@ -26,7 +26,7 @@ Stats = dict[str, Tensor]
 def aggregate(
     per_token: Tensor, mask: Tensor, agg: str = "token-mean", normalizer: float | None = None
 ) -> Tensor:
-    """Reduce a per-token loss ``[B, L]`` to a scalar (ALGORITHMS.md 0.4, verl ``loss_agg_mode``).
+    """Reduce a per-token loss ``[B, L]`` to a scalar (docs/methods/base.md, verl ``loss_agg_mode``).
 
     - ``token-mean``: ``sum(m * l) / sum(m)`` over the batch (DAPO; verl default).
     - ``seq-mean-token-mean``: the mean over rows of each row's token mean (original GRPO);
@@ -57,13 +57,13 @@ def aggregate(
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-token KL to the reference policy, k3 / "low_var_kl" estimator (ALGORITHMS.md 1.2):
+    """Per-token KL to the reference policy, k3 / "low_var_kl" estimator (docs/methods/base.md):
 
         KL_k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1,  clamped to [-10, 10]
 
     (the log-ratio is first clamped to [-20, 20] so ``exp`` cannot overflow, as verl). Shapes
     ``[B, L] -> [B, L]``; with ``mask`` the masked positions are 0. Aggregate with
-    :func:`aggregate` and scale by ``kl_coef`` (default 0, 6.3 C12; on-policy tokens only).
+    :func:`aggregate` and scale by ``kl_coef`` (default 0; on-policy tokens only).
     """
     if mask is not None:
         m = mask.bool()
@@ -82,7 +82,7 @@ def ppo_token_loss(
     dual_clip: float | None = 3.0,
     upper: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token PPO loss with dual clip (ALGORITHMS.md 1.1):
+    """Per-token PPO loss with dual clip (docs/methods/base.md):
 
         l = max(-A rho, -A clip(rho, 1 - eps_l, 1 + eps_h)),   and for A < 0:  l = min(l, -c A)
 
@@ -124,7 +124,7 @@ def clipped_surrogate(
     token_weights: Tensor | None = None,
     normalizer: float | None = None,
 ) -> tuple[Tensor, Stats]:
-    """PPO/GRPO clipped surrogate with dual clip (ALGORITHMS.md 1.1, 1.2, 1.3):
+    """PPO/GRPO clipped surrogate with dual clip (docs/methods/base.md):
 
         rho_j = exp(log pi(y_j) - log pi_old(y_j))
         l_j   = max(-A_j rho_j, -A_j clip(rho_j, 1 - eps_l, 1 + eps_h));  A_j < 0: l_j = min(l_j, -c A_j)

@@ -91,7 +91,7 @@ def reply_logprobs_and_entropy(
     flow when called outside ``torch.no_grad``; the entropy keeps its gradient (EPO needs it).
     ``return_logits=True`` also returns the reply logits ``[N, R, V]`` (float32, already divided
     by ``temperature``, with gradient): SIREN's nucleus entropy and Clip_V's ``E_q[S]`` need the
-    whole distribution (ALGORITHMS-MORE.md 9, 10). Off by default, so the common path keeps no
+    whole distribution (docs/methods/siren.md). Off by default, so the common path keeps no
     ``[N, R, V]`` tensor alive beyond the entropy computation.
     """
     r = batch.reply_width

@@ -1,6 +1,6 @@
 """Batched multi-turn rollout: B tasks x G samples, every env stepped in lockstep.
 
-One *round* of :func:`collect` (DESIGN.md, "data flow"):
+One *round* of :func:`collect`:
 
 1. gather the prompt of every live episode (:func:`agentropy.agents.prompts.build_prompt_ids`:
    task, a memory of recent turns, the current observation);
@@ -19,7 +19,7 @@ Env faults never stop the batch: an episode whose env raised, hung past ``step_t
 lost its worker process ends with ``truncation_reason`` ``"env_error: ..."``, ``"env_timeout"``
 or ``"worker_died"``; the steps it had are kept, and the pool restarts the env.
 
-Branching rollouts (AEPO, ALGORITHMS.md 4) reuse the same engine: :mod:`branching` starts,
+Branching rollouts (AEPO, docs/methods/aepo.md) reuse the same engine: :mod:`~agentropy.training.methods.aepo_rollout` starts,
 forks and tops up episodes between the rounds of a :class:`Lockstep`.
 """
 
@@ -261,7 +261,7 @@ class Lockstep:
     """Episodes stepped round by round with one batched ``generate`` per round.
 
     :func:`collect` drives it plainly (start B x G, run rounds until all end); the AEPO
-    rollout (:mod:`branching`) also forks and tops up episodes between rounds. Slots are the
+    rollout (:mod:`~agentropy.training.methods.aepo_rollout`) also forks and tops up episodes between rounds. Slots are the
     pool's env addresses; the smallest free slot is always taken, so runs are reproducible.
     """
 

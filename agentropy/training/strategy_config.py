@@ -1,14 +1,12 @@
 """Configuration of the policy loss, the advantage estimator and the entropy strategies.
 
-One dataclass per method block; every constant of ALGORITHMS.md is a field whose default is
-the documented one (section in the comment). A strategy is configuration, not a subclass
-(DESIGN.md): any subset of blocks may be enabled, and the trainer applies them in the order
-of ALGORITHMS.md 6.2. :meth:`StrategyConfig.validate` turns the conflict resolutions of 6.3
-into checks: contradictory settings raise, risky-but-legal ones come back as warnings.
-
-The five methods of ALGORITHMS-MORE.md (STEER, SIREN, Clip_B / Clip_V, ArbEPO, CANON) have
-their blocks here too (their modules re-export them); the trainer applies them in the order of
-ALGORITHMS-MORE.md 13.2, and :func:`controllers.validate_controllers` adds the 13.3 checks
+One dataclass per method block; every constant of a method is a field whose default is the
+one its page under ``docs/methods/`` documents. A strategy is configuration, not a subclass:
+any subset of blocks may be enabled, and the update applies them in the fixed order of
+:data:`agentropy.training.methods.METHODS` (``docs/methods/README.md``).
+:meth:`StrategyConfig.validate` turns the composition rules of that page into checks:
+contradictory settings raise, risky-but-legal ones come back as warnings, and
+:func:`entropy_controllers.validate_controllers` adds the checks between entropy controllers
 (at most one closed-loop entropy controller unless ``allow_multi_entropy_controllers``).
 
 In a YAML config the block lives under ``strategy:``; the shipped
@@ -27,139 +25,139 @@ AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"
 
 @dataclass
 class PolicyLossConfig:
-    """The on-policy surrogate (ALGORITHMS.md 0.4, 1.1-1.3)."""
+    """The on-policy surrogate (docs/methods/base.md)."""
 
-    clip_low: float = 0.2  # eps_l: ratio held >= 1 - eps_l for A < 0 (1.1)
-    clip_high: float = 0.2  # eps_h: ratio held <= 1 + eps_h for A > 0; 0.28 = DAPO clip-higher (1.3)
+    clip_low: float = 0.2  # eps_l: ratio held >= 1 - eps_l for A < 0
+    clip_high: float = 0.2  # eps_h: ratio held <= 1 + eps_h for A > 0; 0.28 = DAPO clip-higher
     dual_clip: float | None = 3.0  # dual clip c for A < 0 (verl 3; SPEAR/Clip-Cov scripts 10); null = off
-    agg: AggMode = "token-mean"  # loss aggregation mode for every term (0.4, 6.3 C13)
-    agg_max_len: int | None = None  # L_max of seq-mean-token-sum-norm; null = padded reply length (0.4)
-    kl_coef: float = 0.0  # weight of the k3 KL to the reference policy; 0 = no reference model (1.2, 6.3 C12)
+    agg: AggMode = "token-mean"  # loss aggregation mode for every term
+    agg_max_len: int | None = None  # L_max of seq-mean-token-sum-norm; null = padded reply length
+    kl_coef: float = 0.0  # weight of the k3 KL to the reference policy; 0 = no reference model
     entropy_coef: float = 0.0  # plain token-mean entropy bonus (verl entropy_coeff); EPO has its own
 
 
 @dataclass
 class AdvantageConfig:
-    """Base advantage: GRPO (1.2) or GiGPO (1.4)."""
+    """Base advantage: GRPO or GiGPO."""
 
-    estimator: Literal["grpo", "gigpo"] = "grpo"  # base estimator (6.2 step 3)
-    norm_by_std: bool = True  # GRPO divides by the group std; false = Dr.GRPO / Dr.BoT (1.2)
-    eps: float = 1e-6  # epsilon added to the std (1.2, 1.4)
-    # group statistics over step-samples (verl-agent) or over trajectories (1.2)
+    estimator: Literal["grpo", "gigpo"] = "grpo"  # base estimator
+    norm_by_std: bool = True  # GRPO divides by the group std; false = Dr.GRPO / Dr.BoT
+    eps: float = 1e-6  # epsilon added to the std
+    # group statistics over step-samples (verl-agent) or over trajectories
     episode_stats: Literal["all_steps", "per_trajectory"] = "all_steps"
-    gamma: float = 0.95  # GiGPO step-return discount (1.4)
-    omega: float = 1.0  # GiGPO step-advantage weight, step_advantage_w (1.4)
-    mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm"  # GiGPO normalisation F (1.4)
-    # GiGPO with AEPO branches: how copies of a shared prefix step count (6.3 C7)
+    gamma: float = 0.95  # GiGPO step-return discount
+    omega: float = 1.0  # GiGPO step-advantage weight, step_advantage_w
+    mode: Literal["mean_norm", "mean_std_norm"] = "mean_norm"  # GiGPO normalisation F
+    # GiGPO with AEPO branches: how copies of a shared prefix step count
     shared_prefix: Literal["none", "once", "episode_only"] = "none"
 
 
 @dataclass
 class EPOConfig:
-    """EPO: trajectory entropy bonus + corridor hinge against the per-turn history (2(b))."""
+    """EPO: trajectory entropy bonus + corridor hinge against the per-turn history."""
 
     enabled: bool = False  # turn EPO on
-    entropy_coef: float = 1e-3  # lambda, the weight of [L^H - beta_k L^smooth] (2(d))
-    kappa_l: float = 0.0  # corridor floor, x the reference; 0 = no floor (reported runs, 6.3 C3)
+    entropy_coef: float = 1e-3  # lambda, the weight of [L^H - beta_k L^smooth]
+    kappa_l: float = 0.0  # corridor floor, x the reference; 0 = no floor (reported runs)
     kappa_r: float = 2.0  # corridor ceiling, x the reference (reported runs)
     alpha: float = 0.1  # hinge weight (ALFWorld 0.1, ScienceWorld 0.05); theory wants alpha * beta_max < 1
-    gamma: float = 3.0  # decay of beta_k = 1 + exp(-gamma k / k_mid) (2(b))
-    mode: Literal["token", "seq"] = "token"  # hinge on each token or on each row's mean entropy (2(f))
-    entropy_bonus: bool = True  # include L^H; false keeps only the hinge (ALGORITHMS-MORE C14)
+    gamma: float = 3.0  # decay of beta_k = 1 + exp(-gamma k / k_mid)
+    mode: Literal["token", "seq"] = "token"  # hinge on each token or on each row's mean entropy
+    entropy_bonus: bool = True  # include L^H; false keeps only the hinge (docs/methods/README.md)
     schedule_steps: int | None = None  # K of the beta schedule; null = the run's total iterations
-    smooth_start_step: int = 0  # no hinge before this iteration (6.3 C3 option: after the tool-reward phase)
-    include_current_step: bool = False  # reference over m <= k (code) instead of m < k (paper) (2(c))
+    smooth_start_step: int = 0  # no hinge before this iteration (option: after the tool-reward phase)
+    include_current_step: bool = False  # reference over m <= k (code) instead of m < k (paper)
 
 
 @dataclass
 class EMPGConfig:
-    """EMPG: step-entropy modulation of the advantage (3(b))."""
+    """EMPG: step-entropy modulation of the advantage."""
 
     enabled: bool = False  # turn EMPG on
-    k: float = 1.0  # temperature of g(H) = exp(-k H~) / mean (3(d))
-    k_prime: float = 1.0  # temperature of the future-clarity bonus f = exp(-k' H~_next) (3(d))
-    zeta: float = 0.05  # bonus weight (paper value not found; ARLArena 0.05) (3(d))
-    eps: float = 1e-8  # epsilon of the min-max normalisation (3(d))
+    k: float = 1.0  # temperature of g(H) = exp(-k H~) / mean
+    k_prime: float = 1.0  # temperature of the future-clarity bonus f = exp(-k' H~_next)
+    zeta: float = 0.05  # bonus weight (paper value not found; ARLArena 0.05)
+    eps: float = 1e-8  # epsilon of the min-max normalisation
 
 
 @dataclass
 class AEPOConfig:
-    """AEPO: entropy-balanced rollout (4(b)(i)-(ii)) and policy optimisation (4(b)(iii)-(iv))."""
+    """AEPO: entropy-balanced rollout and policy optimisation (docs/methods/aepo.md)."""
 
     enabled: bool = False  # turn AEPO on (the switches below pick its parts)
-    sg_clip: bool = True  # stop-gradient upper clip, gradient 1 + eps_h on clipped A > 0 tokens (4(b)(iii))
-    sg_clip_high_entropy_only: bool = True  # sg bound only where the token's entropy z-score > 0 (6.3 C4)
-    entropy_advantage: bool = True  # A * (1 + a z_H) token factor (4(b)(iv))
-    adv_weight: float = 0.2  # a of the factor; keep <= 0.2 (6.3 C1)
-    z_scope: Literal["step", "batch"] = "step"  # z-score within each step (6.3 C1) or over the batch (4(f))
-    branching: bool = True  # rollout: entropy-based branching at tool rounds (needs env forking, 6.3 C8)
-    dynamic_rollouts: bool = False  # rollout: entropy pre-monitoring splits global/branch budget (4(b)(i))
-    rollout_budget: int | None = None  # k, total trajectories per prompt; null = the group size (4(d))
-    initial_rollouts: int | None = None  # global samples N without pre-monitoring; null = k / 2 (4(d))
-    beam_size: int = 2  # Z + 1: at most one fork per source per round (4(d))
-    branch_threshold: float = 0.5  # tau: fork iff score >= tau (4(b)(ii))
-    entropy_weight: float = 0.2  # beta/gamma on Delta H in the branch score (4(b)(ii))
-    consecutive_penalty: float = 0.05  # slope of P^(l): score x max(0, 1 - 0.05 l) (4(b)(ii))
-    premonitor_beta: float = 0.5  # beta_pm of m = k sigma(beta_pm (H_root - H_tool)) (4(b)(i))
-    entropy_window_tokens: int = 20  # first tokens of a segment used for the rollout entropy (0.3)
-    entropy_topk: int = 10  # top-k log-probs per position of the rollout entropy proxy (0.3)
-    premonitor_max_tokens: int = 50  # generation cap of the pre-monitoring answer start (4(b)(i))
+    sg_clip: bool = True  # stop-gradient upper clip, gradient 1 + eps_h on clipped A > 0 tokens
+    sg_clip_high_entropy_only: bool = True  # sg bound only where the token's entropy z-score > 0
+    entropy_advantage: bool = True  # A * (1 + a z_H) token factor
+    adv_weight: float = 0.2  # a of the factor; keep <= 0.2
+    z_scope: Literal["step", "batch"] = "step"  # z-score within each step or over the batch
+    branching: bool = True  # rollout: entropy-based branching at tool rounds (needs env forking)
+    dynamic_rollouts: bool = False  # rollout: entropy pre-monitoring splits global/branch budget
+    rollout_budget: int | None = None  # k, total trajectories per prompt; null = the group size
+    initial_rollouts: int | None = None  # global samples N without pre-monitoring; null = k / 2
+    beam_size: int = 2  # Z + 1: at most one fork per source per round
+    branch_threshold: float = 0.5  # tau: fork iff score >= tau
+    entropy_weight: float = 0.2  # beta/gamma on Delta H in the branch score
+    consecutive_penalty: float = 0.05  # slope of P^(l): score x max(0, 1 - 0.05 l)
+    premonitor_beta: float = 0.5  # beta_pm of m = k sigma(beta_pm (H_root - H_tool))
+    entropy_window_tokens: int = 20  # first tokens of a segment used for the rollout entropy
+    entropy_topk: int = 10  # top-k log-probs per position of the rollout entropy proxy
+    premonitor_max_tokens: int = 50  # generation cap of the pre-monitoring answer start
 
 
 @dataclass
 class ClipCovConfig:
-    """Clip-Cov on on-policy tokens (1.5)."""
+    """Clip-Cov on on-policy tokens."""
 
     enabled: bool = False  # turn Clip-Cov on
-    ratio: float = 2e-4  # r: fraction of valid tokens whose loss is zeroed (1.5)
-    cov_lb: float = 1.0  # omega_lo: candidates have cov_lb < c_n (1.5)
-    cov_ub: float = 5.0  # omega_hi: candidates have c_n < cov_ub (1.5)
+    ratio: float = 2e-4  # r: fraction of valid tokens whose loss is zeroed
+    cov_lb: float = 1.0  # omega_lo: candidates have cov_lb < c_n
+    cov_ub: float = 5.0  # omega_hi: candidates have c_n < cov_ub
 
 
 @dataclass
 class KLCovConfig:
-    """KL-Cov, an alternative loss with no ratio clipping (1.5)."""
+    """KL-Cov, an alternative loss with no ratio clipping."""
 
     enabled: bool = False  # turn KL-Cov on (replaces the clipped surrogate)
     ratio: float = 2e-3  # fraction of valid tokens (top covariance) that get the KL term (0.2% for 7B)
-    kl_coef: float = 1.0  # beta on |log pi - log pi_old| (ppo_kl_coef) (1.5)
+    kl_coef: float = 1.0  # beta on |log pi - log pi_old| (ppo_kl_coef)
 
 
 @dataclass
 class SPEARConfig:
-    """SPEAR: tool-call curriculum reward, self-imitation replay, P50 recalibration (5(b), 5(d))."""
+    """SPEAR: tool-call curriculum reward, self-imitation replay, P50 recalibration."""
 
     enabled: bool = False  # turn SPEAR on
-    buffer_size: int = 2048  # trajectory_buffer_size (5(d))
-    baseline_buffer_size: int = 10240  # group entries in the P50 baseline buffer (5(d))
-    tolerate_steps: int = 5  # staleness limit in training steps (scripts 5) (5(d))
-    tolerate_cap: int = 10  # the code caps tolerate_steps at 10 (5(b))
-    trigger_factor: float = 1.5  # replay when items above b50 > trigger_factor x buffer_size (5(b))
-    recalibration: Literal["p50", "decay"] = "p50"  # A~ = R - b50, or A~ = decay_weight x A^ (5(b))
-    decay_weight: float = 0.1  # w of the decay mode (yaml 0.1) (5(d))
-    std_norm: bool = False  # divide A~ by s50 + eps (off in Dr.BoT) (5(b))
+    buffer_size: int = 2048  # trajectory_buffer_size
+    baseline_buffer_size: int = 10240  # group entries in the P50 baseline buffer
+    tolerate_steps: int = 5  # staleness limit in training steps (scripts 5)
+    tolerate_cap: int = 10  # the code caps tolerate_steps at 10
+    trigger_factor: float = 1.5  # replay when items above b50 > trigger_factor x buffer_size
+    recalibration: Literal["p50", "decay"] = "p50"  # A~ = R - b50, or A~ = decay_weight x A^
+    decay_weight: float = 0.1  # w of the decay mode (yaml 0.1)
+    std_norm: bool = False  # divide A~ by s50 + eps (off in Dr.BoT)
     eps: float = 1e-6  # epsilon of the std normalisation
-    sil_coef: float = 1.0  # c_SIL, replay_loss_coef (scripts/README 1) (5(d))
-    sil_ramp_steps: int = 200  # K_SIL of the cosine ramp (yaml value the scripts end up using) (5(d))
-    tool_reward: Literal["none", "constant", "cosine"] = "cosine"  # use_toolcall_reward (5(d))
-    tool_reward_steps: int = 200  # K_tool of the cosine decay (5(d))
-    tool_reward_per_call: float = 0.1  # r^tool = min(cap, per_call x n_tool) (5(b))
-    tool_reward_cap: float = 1.0  # cap of r^tool (5(b))
-    replay_clip_cov: bool = True  # Clip-Cov mask on replay tokens (5(b))
-    replay_clip_cov_ratio: float = 0.02  # replay Clip-Cov ratio (ALFWorld scripts) (5(d))
-    replay_clip_cov_lb: float = 2.0  # replay Clip-Cov lower bound (ALFWorld scripts; README 1) (5(d))
-    replay_clip_cov_ub: float = 60.0  # replay Clip-Cov upper bound (ALFWorld scripts; README 40) (5(d))
+    sil_coef: float = 1.0  # c_SIL, replay_loss_coef (scripts/README 1)
+    sil_ramp_steps: int = 200  # K_SIL of the cosine ramp (yaml value the scripts end up using)
+    tool_reward: Literal["none", "constant", "cosine"] = "cosine"  # use_toolcall_reward
+    tool_reward_steps: int = 200  # K_tool of the cosine decay
+    tool_reward_per_call: float = 0.1  # r^tool = min(cap, per_call x n_tool)
+    tool_reward_cap: float = 1.0  # cap of r^tool
+    replay_clip_cov: bool = True  # Clip-Cov mask on replay tokens
+    replay_clip_cov_ratio: float = 0.02  # replay Clip-Cov ratio (ALFWorld scripts)
+    replay_clip_cov_lb: float = 2.0  # replay Clip-Cov lower bound (ALFWorld scripts; README 1)
+    replay_clip_cov_ub: float = 60.0  # replay Clip-Cov upper bound (ALFWorld scripts; README 40)
 
 
 # ---------------------------------------------------------------------------------------
-# The five methods of ALGORITHMS-MORE.md. Their math lives in steer.py, siren.py, edc.py,
-# arbepo.py and canon.py (which re-export these classes); the blocks are defined here so that
-# this module stays free of torch (env worker processes import it through the rollout).
+# STEER, SIREN, Clip_B / Clip_V, ArbEPO, CANON. Their math lives in training/methods/ (whose
+# modules re-export these classes); the blocks are defined here so that this module stays free
+# of torch (env worker processes import it through the rollout).
 
 
 @dataclass
 class STEERConfig:
-    """STEER token weights (ALGORITHMS-MORE.md 8(b), 8(c))."""
+    """STEER token weights (docs/methods/steer.md)."""
 
     enabled: bool = False  # turn STEER on
     mode: Literal["exp", "linear"] = "exp"  # w = clip(exp(-k|Omega|), w_min, 1) (paper, run_exp*.sh) or the linear ramp (run_linear*.sh)
@@ -167,7 +165,7 @@ class STEERConfig:
     w_max: float = 1.2  # token_weight_max: weight of the smallest |Omega|, linear mode only (linear scripts; exp ignores it)
     floor: float = 0.02  # lower bound on Omega_max in k = -ln(w_min) / max(Omega_max, floor) (hard-coded in the code)
     prob_eps: float = 1e-8  # p clamped to [eps, 1 - eps], q to [eps, 1] before Omega (code clamps)
-    stat_scope: Literal["minibatch", "micro"] = "minibatch"  # min/max of |Omega| over the mini-batch ([default]) or each micro-batch (code)
+    stat_scope: Literal["minibatch", "micro"] = "minibatch"  # min/max of |Omega| over the mini-batch or each micro-batch (code)
 
     def __post_init__(self) -> None:
         if self.mode not in ("exp", "linear"):
@@ -186,7 +184,7 @@ class STEERConfig:
 
 @dataclass
 class SIRENConfig:
-    """SIREN's selective anchored entropy penalty (ALGORITHMS-MORE.md 9(b), 9(c), 14)."""
+    """SIREN's selective anchored entropy penalty (docs/methods/siren.md)."""
 
     enabled: bool = False  # turn SIREN on
     coef: float = 0.005  # lambda_H, weight of (H^sel - H_anchor)^2 (siren.sh entropy_coeff)
@@ -213,7 +211,7 @@ class SIRENConfig:
 
 @dataclass
 class ClipBConfig:
-    """Clip_B, batch-normalised discriminator clipping (ALGORITHMS-MORE.md 10(b), 10(c))."""
+    """Clip_B, batch-normalised discriminator clipping (docs/methods/clip_bv.md)."""
 
     enabled: bool = False  # turn Clip_B on
     mu: float = 2.5  # drop A < 0 tokens with S - mean(S) < -mu std(S) (clipb.yaml)
@@ -228,7 +226,7 @@ class ClipBConfig:
 
 @dataclass
 class ClipVConfig:
-    """Clip_V, vocabulary-normalised discriminator clipping (ALGORITHMS-MORE.md 10(b), 10(c))."""
+    """Clip_V, vocabulary-normalised discriminator clipping (docs/methods/clip_bv.md)."""
 
     enabled: bool = False  # turn Clip_V on
     mu: float = 8.5  # candidates: A < 0 and D > mu std(D) (clipv.yaml / default_args; not mean-centred, as the code)
@@ -247,7 +245,7 @@ class ClipVConfig:
 
 @dataclass
 class ArbEPOConfig:
-    """ArbEPO (ALGORITHMS-MORE.md 11(b), 11(c), 14)."""
+    """ArbEPO (docs/methods/arbepo.md)."""
 
     enabled: bool = False  # turn ArbEPO on
     target_entropy: float = 0.5  # H*: T_high while H_state <= H*, else T_low (entropy_base; README headline run 0.75)
@@ -256,12 +254,12 @@ class ArbEPOConfig:
     task_fraction: float = 0.25  # share of the iteration's tasks played again at T_k (first ones; at least 1) (hard-coded 1/4)
     samples_per_task: int | None = None  # n episodes per regularisation task; null = rollout.group_size
     adv_threshold: float = 0.05  # keep episodes with GRPO advantage > this within their T_k group (hard-coded)
-    reg_ratio: float = 60 / 2560  # r_reg: N_reg = max(1, round(r_reg N_main)) trajectories (11(b)(ii): 60 at the paper's 2560)
+    reg_ratio: float = 60 / 2560  # r_reg: N_reg = max(1, round(r_reg N_main)) trajectories (60 at the paper's 2560)
     reg_max: int | None = None  # fixed N_reg instead of the ratio (code: reinforce_sample_num 60); null = ratio
     halve_above_target: bool = True  # n_reg = floor(min(N_reg, kept) / 2) while above the target (hard-coded)
     mix: Literal["add", "replace"] = "add"  # add to the main batch (paper form, 14) or replace the first n_reg main trajectories (code)
     reg_token_weight: float = 1.0  # multiplies the per-token loss of regularisation tokens (add mode: alpha = this x their token share)
-    entropy_state: Literal["full_old", "surprisal_update"] = "full_old"  # H_state: main-batch full entropy of the recompute (14) or update-batch surprisal (code)
+    entropy_state: Literal["full_old", "surprisal_update"] = "full_old"  # H_state: main-batch full entropy of the recompute or update-batch surprisal (code)
 
     def __post_init__(self) -> None:
         if not self.temperature_high > 0.0 or not self.temperature_low > 0.0:
@@ -288,13 +286,13 @@ class ArbEPOConfig:
 
 @dataclass
 class CANONConfig:
-    """CANON-entropy (ALGORITHMS-MORE.md 12(b), 12(c), 14)."""
+    """CANON-entropy (docs/methods/canon.md)."""
 
     enabled: bool = False  # turn CANON on (replaces the GRPO group baseline / GiGPO's A^E)
     mu: float = 1.0  # inter-group weight (_lambda, "mu in Eq. 5"); 1/2 = Dr.GRPO, 0 = within-half only (setups.sh)
     alpha: float = 1.0  # "alpha in Eq. 8": > 1 favours low-entropy trajectories (setups.sh)
     beta: float = 0.0  # code-only offset added to C+ and subtracted from C- inter terms (function default)
-    metric: Literal["turn_mean", "token_mean", "num_turns", "batch_order"] = "turn_mean"  # split metric: turn-averaged entropy (14), token mean (code), trajectory length, batch order (dr_random)
+    metric: Literal["turn_mean", "token_mean", "num_turns", "batch_order"] = "turn_mean"  # split metric: turn-averaged entropy, token mean (code), trajectory length, batch order (dr_random)
     schedule: Literal["constant", "anneal", "cosine_restart", "cosine_restart_r"] = "constant"  # mu_k: fixed, batch accuracy (_annel), 1 - cosR(k; 0.6, 0), cosR(k; 1.0, 0.4)
     schedule_total: int = 150  # total steps of the cosine-restart schedule (total_epochs, hard-coded)
     schedule_warmup: int = 30  # linear warm-up steps of the cosine-restart schedule (hard-coded)
@@ -306,7 +304,7 @@ class CANONConfig:
     std_norm: bool = False  # divide by the group's reward std + std_eps (canon_std_norm; none in the source)
     std_eps: float = 1e-6  # epsilon of the std normalisation
     length_norm: float = 1.0  # L_norm dividing A: 1 with agentropy's agg modes (the -norm mode already divides by L_max); L_max = the code's seq-mean-token-sum
-    recenter_odd_groups: bool = False  # subtract the group mean of A in odd groups, where the formula sums to mu * Delta (12(f) T3); off = code
+    recenter_odd_groups: bool = False  # subtract the group mean of A in odd groups, where the formula sums to mu * Delta; off = code
 
     def __post_init__(self) -> None:
         if self.metric not in ("turn_mean", "token_mean", "num_turns", "batch_order"):
@@ -336,16 +334,16 @@ class StrategyConfig:
     spear: SPEARConfig = field(default_factory=SPEARConfig)
     clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
-    steer: STEERConfig = field(default_factory=STEERConfig)  # ALGORITHMS-MORE.md 8
-    siren: SIRENConfig = field(default_factory=SIRENConfig)  # ALGORITHMS-MORE.md 9
-    clip_b: ClipBConfig = field(default_factory=ClipBConfig)  # ALGORITHMS-MORE.md 10
-    clip_v: ClipVConfig = field(default_factory=ClipVConfig)  # ALGORITHMS-MORE.md 10
-    arbepo: ArbEPOConfig = field(default_factory=ArbEPOConfig)  # ALGORITHMS-MORE.md 11
-    canon: CANONConfig = field(default_factory=CANONConfig)  # ALGORITHMS-MORE.md 12
-    allow_multi_entropy_controllers: bool = False  # allow 2+ of EPO smoothing / SIREN / ArbEPO (13.3 C15)
+    steer: STEERConfig = field(default_factory=STEERConfig)  # docs/methods/steer.md
+    siren: SIRENConfig = field(default_factory=SIRENConfig)  # docs/methods/siren.md
+    clip_b: ClipBConfig = field(default_factory=ClipBConfig)  # docs/methods/clip_bv.md
+    clip_v: ClipVConfig = field(default_factory=ClipVConfig)  # docs/methods/clip_bv.md
+    arbepo: ArbEPOConfig = field(default_factory=ArbEPOConfig)  # docs/methods/arbepo.md
+    canon: CANONConfig = field(default_factory=CANONConfig)  # docs/methods/canon.md
+    allow_multi_entropy_controllers: bool = False  # allow 2+ of EPO smoothing / SIREN / ArbEPO
 
     def enabled(self) -> list[str]:
-        """Names of the enabled method blocks, in the order they act (6.2, ALGORITHMS-MORE.md 13.2):
+        """Names of the enabled method blocks, in the order they act (docs/methods/README.md):
         ArbEPO's controller and rollout, AEPO's branching, SPEAR's reward, CANON's base advantage,
         EMPG, the EDC keep-mask, then the loss-side methods."""
         names = ("arbepo", "aepo", "spear", "canon", "empg", "clip_b", "clip_v", "clip_cov", "kl_cov",
@@ -353,11 +351,11 @@ class StrategyConfig:
         return [name for name in names if getattr(self, name).enabled]
 
     def validate(self) -> list[str]:
-        """Check ranges and the conflicts of ALGORITHMS.md 6.3.
+        """Check ranges and the conflicts of docs/methods/README.md.
 
         Raises ``ValueError`` listing every contradictory or out-of-range setting, each by
         its field path (``strategy.epo.kappa_r``); returns warnings for legal settings that
-        6.3 advises against.
+        the composition rules advise against.
         """
         errors: list[str] = []
         warnings: list[str] = []
@@ -393,7 +391,7 @@ class StrategyConfig:
         need(adv.eps > 0.0, "advantage.eps", f"must be > 0, got {adv.eps}")
         need(0.0 <= adv.gamma <= 1.0, "advantage.gamma", f"must be in [0, 1], got {adv.gamma}")
         if adv.estimator == "grpo" and adv.shared_prefix != "none":
-            errors.append("strategy.advantage.shared_prefix: only applies to estimator 'gigpo' (6.3 C7)")
+            errors.append("strategy.advantage.shared_prefix: only applies to estimator 'gigpo'")
 
         need(epo.entropy_coef >= 0.0, "epo.entropy_coef", f"must be >= 0, got {epo.entropy_coef}")
         need(epo.alpha >= 0.0, "epo.alpha", f"must be >= 0, got {epo.alpha}")
@@ -520,24 +518,24 @@ class StrategyConfig:
         if empg.enabled and aepo.enabled and aepo.entropy_advantage:
             if aepo.z_scope != "step":
                 warnings.append(
-                    "strategy.aepo.z_scope='batch' with EMPG on: EMPG acts across steps, so AEPO should z-score within each step (6.3 C1)"
+                    "strategy.aepo.z_scope='batch' with EMPG on: EMPG acts across steps, so AEPO should z-score within each step"
                 )
             if aepo.adv_weight > 0.2:
                 warnings.append(
-                    f"strategy.aepo.adv_weight={aepo.adv_weight} with EMPG on: keep a <= 0.2 (6.3 C1)"
+                    f"strategy.aepo.adv_weight={aepo.adv_weight} with EMPG on: keep a <= 0.2"
                 )
             if empg.k != 1.0:
-                warnings.append(f"strategy.empg.k={empg.k} with AEPO on: keep k = 1 (6.3 C1)")
+                warnings.append(f"strategy.empg.k={empg.k} with AEPO on: keep k = 1")
         if epo.enabled and spear.enabled and epo.kappa_l > 0.0:
             warnings.append(
-                f"strategy.epo.kappa_l={epo.kappa_l} with SPEAR: an entropy floor fights SIL's intended entropy fall (6.3 C3)"
+                f"strategy.epo.kappa_l={epo.kappa_l} with SPEAR: an entropy floor fights SIL's intended entropy fall"
             )
         if aepo.enabled and aepo.sg_clip and cc.enabled and not aepo.sg_clip_high_entropy_only:
             warnings.append(
-                "strategy.aepo.sg_clip on every token with Clip-Cov: limit it to high-entropy tokens (6.3 C4)"
+                "strategy.aepo.sg_clip on every token with Clip-Cov: limit it to high-entropy tokens"
             )
         if cc.enabled and (pl.clip_low < 1.0 or pl.clip_high < 1.0) and not spear.enabled:
             warnings.append(
-                "strategy.clip_cov: the official Clip-Cov runs widen policy_loss.clip_low/clip_high to 1.0 (1.5)"
+                "strategy.clip_cov: the official Clip-Cov runs widen policy_loss.clip_low/clip_high to 1.0"
             )
         return warnings

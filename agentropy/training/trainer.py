@@ -1,4 +1,4 @@
-"""The training loop of DESIGN.md, read top to bottom.
+"""The training loop, read top to bottom.
 
     collect (+ ArbEPO's regularisation episodes at T_k) -> rewards -> recompute old log-probs
             and entropies -> advantages -> mini-batch updates on reply tokens -> replay (SPEAR)
@@ -208,7 +208,7 @@ def collect_training_episodes(backend: Any, tokenizer: Any, cfg: Config, tasks: 
 
 def collect_regularization(backend: Any, tokenizer: Any, cfg: Config, tasks: list[TaskSpec], iteration: int,
                            update_state: UpdateState) -> tuple[list[Trajectory], dict[str, float]]:
-    """ArbEPO's regularisation rollout (ALGORITHMS-MORE.md 13.2 steps 0-1): the controller picks
+    """ArbEPO's regularisation rollout (docs/methods/README.md): the controller picks
     ``T_k`` from the entropy state, and the first ``task_fraction`` of this iteration's tasks are
     played again as plain episodes (no branching) at ``T_k``, with a sampling seed of their own.
     Returns the episodes marked as regularisation samples and ``arbepo/rollout_*`` metrics."""

@@ -1,7 +1,7 @@
 """Records of what happened in a rollout: one :class:`Step` per turn, grouped into
 :class:`Trajectory` objects, with lossless JSONL serialisation.
 
-Each turn is one training sample (DESIGN.md): ``prompt_ids`` is the rendered context the
+Each turn is one training sample: ``prompt_ids`` is the rendered context the
 policy saw, ``response_ids`` the tokens it produced. ``logprobs`` and ``entropy`` are the
 behaviour policy's numbers for those tokens, as the backend reported them.
 """

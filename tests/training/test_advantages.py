@@ -1,5 +1,5 @@
 """GRPO, GiGPO, EMPG, the AEPO entropy-aware advantage and their composition, against
-hand-computed values (ALGORITHMS.md 1.2, 1.4, 3(b), 4(b)(iv), 6.2)."""
+hand-computed values (docs/methods/base.md)."""
 
 from __future__ import annotations
 

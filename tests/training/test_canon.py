@@ -1,4 +1,4 @@
-"""CANON (ALGORITHMS-MORE.md 12(f) T1-T6): the median split, the inter/intra mix, mu = 1/2 equal
+"""CANON (docs/methods/canon.md): the median split, the inter/intra mix, mu = 1/2 equal
 to Dr.GRPO, zero-sum groups for every mu, schedules, and the multi-turn mapping of 14."""
 
 from __future__ import annotations

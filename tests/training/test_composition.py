@@ -1,5 +1,5 @@
-"""How the five methods of ALGORITHMS-MORE.md plug into the loss, the advantage and the update
-state (13.2): token weights, the EDC keep-mask and its denominator, exempt (ArbEPO) rows, CANON
+"""How the five methods of docs/methods/README.md plug into the loss, the advantage and the update
+state: token weights, the EDC keep-mask and its denominator, exempt (ArbEPO) rows, CANON
 as the base estimator, the recompute extras and the saved controller / anchor state."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_keep_mask_drops_tokens_from_the_pg_term_and_its_denominator():
     assert loss.item() == pytest.approx(-(1 - 1 + 2) / 3)
     lp.grad = None
     loss, _ = policy_loss(lp, old, a, m, StrategyConfig(), keep_mask=torch.tensor([[1.0, 0.0, 1.0]]))
-    assert loss.item() == pytest.approx(-(1 + 2) / 2)  # sum m' = 2 (C22)
+    assert loss.item() == pytest.approx(-(1 + 2) / 2)  # sum m' = 2
     loss.backward()
     assert lp.grad[0].tolist() == pytest.approx([-0.5, 0.0, -1.0])
     loss, _ = policy_loss(lp, old, a, m, StrategyConfig(), keep_mask=torch.tensor([[1.0, 0.0, 1.0]]), pg_normalizer=4.0)
@@ -110,7 +110,7 @@ def test_canon_is_the_base_estimator_and_spear_keeps_the_plain_sign():
     cfg = StrategyConfig(advantage=AdvantageConfig(norm_by_std=False))
     cfg.canon.enabled = True
     res = compose_advantages(**batch, cfg=cfg)
-    assert res.base.tolist() == pytest.approx([1.0, -1.0, 1.0, -1.0])  # 12(f) T1, mu = 1
+    assert res.base.tolist() == pytest.approx([1.0, -1.0, 1.0, -1.0])  # mu = 1: the inter-group term alone
     assert res.token_advantages[:, 0].tolist() == pytest.approx([1.0, -1.0, 1.0, -1.0])
     assert res.buffer_sign_source.tolist() == pytest.approx([0.5, -0.5, 0.5, -0.5])  # R - mean R
     assert res.metrics["canon/gap_mean"] == 1.0

@@ -1,5 +1,5 @@
-"""The first-order entropy changes used by STEER (Omega, ALGORITHMS-MORE.md 8(b)) and by Clip_V
-(D = E_pi[S] - S, 10(b)) predict the actual entropy change of one small SGD step on a softmax
+"""The first-order entropy changes used by STEER (Omega, docs/methods/steer.md) and by Clip_V
+(D = E_pi[S] - S, docs/methods/clip_bv.md) predict the actual entropy change of one small SGD step on a softmax
 (float64, tabular logits, the PPO surrogate's own gradient).
 
 - Clip_V: an SGD step on all logits of the position changes the entropy by ``eta A rho D``.
@@ -90,7 +90,7 @@ def test_steer_omega_predicts_the_own_logit_step():
 
 
 def test_steer_and_clip_v_agree_on_the_worked_example():
-    # ALGORITHMS-MORE 10(f) T1/T2: q = [0.7, 0.2, 0.1]; token 0 with A = +1 lowers entropy by both
+    # q = [0.7, 0.2, 0.1]; token 0 with A = +1 lowers entropy by both
     # estimates, token 2 with A = +1 raises it by both.
     z = torch.tensor([0.7, 0.2, 0.1], dtype=F64).log()
     for k, lowers in ((0, True), (2, False)):

@@ -1,6 +1,5 @@
 """Loss aggregation, PPO clipped surrogate, KL, AEPO's stop-gradient clip, Clip-Cov, KL-Cov and
-EPO's terms, against hand-computed values and gradients (ALGORITHMS.md 0.4, 1.1-1.5, 2(b),
-4(b)(iii))."""
+EPO's terms, against hand-computed values and gradients (docs/methods/base.md)."""
 
 from __future__ import annotations
 

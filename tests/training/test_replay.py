@@ -1,5 +1,5 @@
 """SPEAR: baseline buffer, replay buffer (entry, staleness, trigger, recalibration, power-of-two
-sampling, flush), schedules and the SIL loss, with hand counts (ALGORITHMS.md 5(b))."""
+sampling, flush), schedules and the SIL loss, with hand counts (docs/methods/spear.md)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_baseline_buffer_p50_fifo_and_state():
     assert base.p50_mean() is None and base.p50_std() is None
     base.add([0.2, 0.5, 0.9], [0.1, 0.3, 0.2])
     assert base.p50_mean() == 0.5 and base.p50_std() == 0.2
-    base.add([1.0], [0.4])  # oldest entry (0.2) leaves
+    base.add([1.0], [0.4])  # oldest entry leaves
     assert len(base) == 3 and base.p50_mean() == 0.9 and base.p50_std() == 0.3
     base.add_groups(["x", "y"], [0.0, 1.0])  # two groups of one: means 0 and 1
     assert list(base.state_dict()["means"]) == [1.0, 0.0, 1.0] and base.p50_mean() == 1.0

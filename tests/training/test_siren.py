@@ -1,5 +1,5 @@
 """SIREN: top-p entropy with the crossing token excluded, the peak-entropy mask, the anchored
-penalty and its anchor, against ALGORITHMS-MORE.md 9(f) (T1-T5)."""
+penalty and its anchor, against docs/methods/siren.md."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def test_composed_update_does_not_depend_on_the_micro_batch_size(start_model):
 
 
 def test_ablation_bench_lists_the_cumulative_ladder():
-    """configs/bench/ablation.yaml (ALGORITHMS-MORE.md 13.3): every rung includes the one before it
+    """configs/bench/ablation.yaml (docs/methods/README.md): every rung includes the one before it
     and adds exactly one method (the last one turns on AEPO's branching rollout)."""
     import yaml
 

@@ -1,4 +1,4 @@
-"""Strategy config blocks: documented defaults, validation of the ALGORITHMS.md 6.3 conflicts,
+"""Strategy config blocks: documented defaults, validation of the docs/methods/README.md conflicts,
 and the shipped configs/strategies/*.yaml."""
 
 from __future__ import annotations
@@ -124,20 +124,20 @@ def test_single_contradictions(edit, field):
         cfg.validate()
 
 
-def test_conflict_warnings_of_section_6_3():
+def test_conflict_warnings_of_the_composition_rules():
     cfg = StrategyConfig()
     cfg.empg.enabled = cfg.aepo.enabled = True
     cfg.aepo.z_scope = "batch"
     cfg.aepo.adv_weight = 0.3
-    assert sum("6.3 C1" in w for w in cfg.validate()) == 2
+    assert sum("with EMPG on" in w for w in cfg.validate()) == 2
     cfg = StrategyConfig()
     cfg.epo.enabled = cfg.spear.enabled = True
     cfg.epo.kappa_l = 0.5
-    assert any("C3" in w and "strategy.epo.kappa_l" in w for w in cfg.validate())
+    assert any("entropy floor" in w and "strategy.epo.kappa_l" in w for w in cfg.validate())
     cfg = StrategyConfig()
     cfg.aepo.enabled = cfg.clip_cov.enabled = True
     cfg.aepo.sg_clip_high_entropy_only = False
-    assert any("C4" in w for w in cfg.validate())
+    assert any("limit it to high-entropy tokens" in w for w in cfg.validate())
     cfg = StrategyConfig()
     cfg.spear.enabled, cfg.spear.tolerate_steps = True, 20
     assert any("capped" in w for w in cfg.validate())

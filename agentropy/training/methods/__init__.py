@@ -87,7 +87,7 @@ class AdvantageResult:
     """What :func:`compose_advantages` hands the trainer.
 
     ``token_advantages [B, L]`` enter the loss; ``base [B]`` is the plain base advantage (its
-    sign decides SPEAR's buffer entry, 6.2 step 6); ``step [B]`` is the step advantage after
+    sign decides SPEAR's buffer entry); ``step [B]`` is the step advantage after
     EMPG (equal to ``base`` when EMPG is off).
     """
 
@@ -95,12 +95,12 @@ class AdvantageResult:
     base: Tensor
     step: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
-    plain_base: Tensor | None = None  # GRPO/GiGPO before CANON replaced it: the sign SPEAR's buffer tests (12(d))
+    plain_base: Tensor | None = None  # GRPO/GiGPO before CANON replaced it: the sign SPEAR's buffer tests
 
     @property
     def buffer_sign_source(self) -> Tensor:
         """The advantage whose sign decides SPEAR's buffer entry: the plain group baseline
-        ``R_i - mean_G R`` (6.2 step 6; with CANON on, not CANON's advantage, ALGORITHMS-MORE.md 12(d))."""
+        ``R_i - mean_G R`` (with CANON on, not CANON's advantage, docs/methods/canon.md)."""
         return self.base if self.plain_base is None else self.plain_base
 
 
@@ -119,25 +119,25 @@ def compose_advantages(
     iteration: int = 0,
 ) -> AdvantageResult:
     """Base -> EMPG (incl. zero mean) -> AEPO token factor, in the fixed order of
-    ALGORITHMS.md 6.2 steps 3-5 / C11; nothing is renormalised after the AEPO factor.
+    docs/methods/README.md; nothing is renormalised after the AEPO factor.
 
     Inputs are per step-sample (``B`` rows): episode returns (the shaped ``R`` of the
     trajectory), ids, turn indices, and for GiGPO the anchor observations and per-step env
     rewards. ``entropy [B, L]`` is the old policy's full-vocabulary token entropy from the
-    recompute pass (6.3 C10), ``mask [B, L]`` the reply-token mask. ``cfg`` is the
+    recompute pass, ``mask [B, L]`` the reply-token mask. ``cfg`` is the
     :class:`strategy_config.StrategyConfig`: ``cfg.advantage`` picks the base, and the EMPG and
     AEPO (``entropy_advantage``) blocks act when enabled. EMPG uses the turn means of
     ``entropy``; AEPO's factor uses its token z-scores (``aepo.z_scope``; "batch" here means the
     whole rollout batch). For GiGPO with AEPO branches, ``step_keys`` names the generated step
     each sample is (a branch's copied prefix step carries its origin's key, e.g.
     ``(step.info.get("prefix_of", traj_id), turn)``) and ``advantage.shared_prefix`` says how
-    copies count (6.3 C7).
+    copies count.
 
-    CANON (``cfg.canon``, ALGORITHMS-MORE.md 12, 13.2 step 4), when enabled, is the base: it
+    CANON (``cfg.canon``, docs/methods/canon.md), when enabled, is the base: it
     replaces the GRPO group baseline, or GiGPO's episode term ``A^E`` only (``A = A^CANON +
     omega A^S``); ``iteration`` drives its ``mu`` schedule. EMPG and the AEPO factor then
     act on it unchanged. ``plain_base`` keeps the base it replaced (SPEAR's buffer sign). Pass
-    main samples only: ArbEPO regularisation rows bypass all of this (C19).
+    main samples only: ArbEPO regularisation rows bypass all of this.
     """
     advantage, empg, aepo = cfg.advantage, cfg.empg, cfg.aepo
     canon = getattr(cfg, "canon", None)
@@ -246,14 +246,14 @@ def policy_loss(
     pg_normalizer: float | None = None,
     exempt: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The on-policy actor loss of ALGORITHMS.md 6.2 step 7, assembled from ``cfg`` (a
+    """The on-policy actor loss (step 7 of ``docs/methods/README.md``), assembled from ``cfg`` (a
     :class:`strategy_config.StrategyConfig`):
 
         surrogate  KL-Cov if enabled; else AEPO's sg-clip surrogate if ``aepo.sg_clip`` (else
                    PPO), times the Clip-Cov mask kappa (tokens not at a clip bound) if enabled
         + EPO      -lambda (L^H - beta_k alpha L^smooth) against ``turn_reference`` [B]
         - plain entropy bonus ``policy_loss.entropy_coef * agg(H)``      (default 0)
-        + ``policy_loss.kl_coef * agg(KL_k3(pi, pi_ref))``               (default 0, C12)
+        + ``policy_loss.kl_coef * agg(KL_k3(pi, pi_ref))``               (default 0)
 
     ``advantages`` are the final token advantages (:func:`advantages.compose_advantages`).
     ``entropy [B, L]`` is this forward pass's token entropy with gradient (needed by EPO, the
@@ -263,15 +263,15 @@ def policy_loss(
     ``seq-mean-token-sum-norm`` mode. Returns the loss and float stats (surrogate stats,
     ``clip_cov_frac``, the ``epo/*`` metrics, ``loss/pg``, ``loss/epo``, ``loss/kl``).
 
-    Per-token additions of ALGORITHMS-MORE.md 13.2 step 8 (all optional, all ``[B, L]``):
+    Per-token additions of docs/methods/README.md (all optional, all ``[B, L]``):
     ``token_weights`` (detached, e.g. STEER's ``w`` and ArbEPO's ``reg_token_weight``) multiply the
     per-token policy-gradient loss, together with Clip-Cov's ``kappa``; ``keep_mask`` (the EDC
     keep factor) multiplies the mask of the **policy-gradient term only** (``m' = m k``, its
-    denominator ``sum m'``; EPO, the entropy bonus and KL keep ``m``, C22), and
+    denominator ``sum m'``; EPO, the entropy bonus and KL keep ``m``), and
     ``pg_normalizer`` then replaces the PG term's denominator (the trainer passes the value that
     makes micro-batches add up to the mini-batch's ``sum m'``). ``exempt`` (bool rows ``[B]`` or
     tokens ``[B, L]``: ArbEPO regularisation samples) are left out of every statistic (Clip-Cov
-    covariance and draw, AEPO's high-entropy mean, EPO's trajectory terms, C19) and get no
+    covariance and draw, AEPO's high-entropy mean, EPO's trajectory terms) and get no
     Clip-Cov mask and no sg bound: plain dual-clip PPO.
     """
     pl, epo = cfg.policy_loss, cfg.epo

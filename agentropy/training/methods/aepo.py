@@ -60,7 +60,7 @@ def sg_clipped_surrogate(
     exempt: Tensor | None = None,
 ) -> tuple[Tensor, Stats]:
     """AEPO entropy-clipping-balanced surrogate: stop-gradient in the upper clip bound
-    (ALGORITHMS.md 4(b)(iii)):
+    (docs/methods/aepo.md):
 
         J = min(delta A, clip(delta, 1 - eps_l, (1 + eps_h) / sg(delta) * delta) A)
 
@@ -69,13 +69,13 @@ def sg_clipped_surrogate(
     gives 0 there), stays 0 where ``delta < 1 - eps_l`` and ``A < 0``, and is ``delta``
     elsewhere; the dual clip still applies for ``A < 0``.
 
-    ``only_high_entropy=True`` (6.3 C4 default when Clip-Cov is also on) keeps the sg bound
+    ``only_high_entropy=True`` (default when Clip-Cov is also on) keeps the sg bound
     only on tokens whose z-scored ``entropy`` (over the valid tokens given) is > 0, i.e. above
     the mean, and uses the plain clip elsewhere; it needs ``entropy [B, L]`` (detached here).
     Stats add ``sg_frac`` (valid tokens that keep the ``1 + eps_h`` gradient) and
     ``sg_grad_share`` (their share of ``sum_j |F_j A_j|``: the clipped-token gradient share).
     ``exempt`` (bool rows ``[B]`` or tokens ``[B, L]``, e.g. ArbEPO regularisation rows) get the
-    plain clip and take no part in the entropy mean (ALGORITHMS-MORE.md 13.2 step 8, C19).
+    plain clip and take no part in the entropy mean (docs/methods/README.md).
     """
     logp, old, adv, m = _prepare(logprobs, old_logprobs, advantages, mask)
     ratio = _ratio(logp, old)

@@ -1,12 +1,12 @@
-"""AEPO's dynamic entropy-balanced rollout, adapted to environment turns (ALGORITHMS.md 4).
+"""AEPO's dynamic entropy-balanced rollout, adapted to environment turns (docs/methods/aepo.md).
 
 In AEPO a "tool call" returns an observation that the model continues from; here that is an
-env step. The entropy of a turn, H_t, is the mean token entropy of its reply (0.3), over the
+env step. The entropy of a turn, H_t, is the mean token entropy of its reply, over the
 reply's first ``entropy_window_tokens`` tokens as in the AEPO code (default 20; 0 = all), and
 every entropy is divided by ln|V| before it is compared, as the AEPO code does. The knobs are
 the rollout fields of :class:`~agentropy.training.strategy_config.AEPOConfig` (``strategy.aepo``).
 
-**Entropy pre-monitoring** (4(b)(i), ``dynamic_rollouts``). One probe trajectory per task gives
+**Entropy pre-monitoring** (``dynamic_rollouts``). One probe trajectory per task gives
 H_root (its first reply) and H_tool_mean (the mean over its later replies, each answering an
 observation; H_root if there are none). Of the budget k, the task gets
 
@@ -18,7 +18,7 @@ trajectories are returned with ``kind="probe"`` in their own group (``<group>-pr
 are not part of the k and trainers skip them. Without pre-monitoring m = ``initial_rollouts``
 (default k // 2).
 
-**Entropy-balanced branching** (4(b)(ii)). At every turn t >= 1 of a live trajectory (a reply
+**Entropy-balanced branching**. At every turn t >= 1 of a live trajectory (a reply
 to an observation), with dH = (H_t - H_init) / ln|V| (H_init: the trajectory's first reply,
 inherited by branches) and l the task's count of consecutive rounds that branched, the AEPO
 code's rule is
@@ -35,11 +35,15 @@ A branch is a new trajectory (``kind="branch"``, ``parent_id`` = its source) tha
 the observation the source's current reply answers, so it re-samples that turn. Its env is
 forked with ``get_state``/``set_state`` where the env supports them, else by replaying the
 action prefix (:func:`agentropy.envs.base.fork`). It copies the source's steps up to the fork,
-each marked ``info["branch_prefix"] = True`` (GiGPO counts such steps once; ALGORITHMS 6.3 C7).
+each marked ``info["branch_prefix"] = True`` (GiGPO counts such steps once; docs/methods/README.md).
 
 **Exact budget.** When all of a task's trajectories have ended with slots left (too few
 branches), the rest start at once as fresh global samples (ARPO adds one per round; starting
 them together keeps the lockstep short). Every task ends with exactly k trajectories.
+
+Paper: arXiv 2510.14545 (AEPO; ARPO, arXiv 2507.19849, for the branching rule). Environment
+turns stand for tool calls; branching needs environments that can fork, otherwise
+``aepo.branching: false``. See ``docs/methods/aepo.md``.
 """
 
 from __future__ import annotations
@@ -93,14 +97,14 @@ def branching_from_config(cfg: Any) -> AEPOConfig | None:
 
 
 def global_count(k: int, h_root: float, h_tool_mean: float, beta_pm: float = 0.5) -> int:
-    """m = clip(floor(k * sigmoid(beta_pm * (H_root - H_tool_mean))) + 1, 1, k)  (4(b)(i))."""
+    """m = clip(floor(k * sigmoid(beta_pm * (H_root - H_tool_mean))) + 1, 1, k)."""
     x = beta_pm * (h_root - h_tool_mean)
     sigmoid = 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
     return int(min(max(math.floor(k * sigmoid) + 1, 1), k))
 
 
 def branch_score(u: float, dh: float, consecutive: int, cfg: AEPOConfig) -> float:
-    """clip((u + beta * dH) * max(0, 1 - c * l), 0, 1): the AEPO code's candidate score (4(b)(ii))."""
+    """clip((u + beta * dH) * max(0, 1 - c * l), 0, 1): the AEPO code's candidate score."""
     factor = max(0.0, 1.0 - cfg.consecutive_penalty * consecutive)
     return min(max((u + cfg.entropy_weight * dh) * factor, 0.0), 1.0)
 

@@ -1,4 +1,4 @@
-"""ArbEPO: temperature-guided REINFORCE as an entropy controller (ALGORITHMS-MORE.md 11, 14).
+"""ArbEPO: temperature-guided REINFORCE as an entropy controller (docs/methods/arbepo.md).
 
 Each iteration a bang-bang controller picks a temperature from the current entropy estimate:
 ``T_high`` while the entropy is at or below the target ``H*``, else ``T_low``. A quarter of the
@@ -6,15 +6,20 @@ iteration's tasks are played again at that temperature (plain rollout, no branch
 correct episodes (GRPO advantage > 0.05 within their ``T_k`` group) join the update batch with
 advantage **1** on every token. REINFORCE on samples from a hotter policy pulls the policy toward
 it (entropy up), from a colder one toward that (entropy down):
-``Delta H ~ eta (T - 1) sum_v pi_v^2 (z_v - E_pi z)^2`` (11(b) [reading]).
+``Delta H ~ eta (T - 1) sum_v pi_v^2 (z_v - E_pi z)^2``.
 
 Division of labour: the trainer calls :func:`agentropy.training.rollout.collect` with
 :func:`regularization_rollout_config` on :func:`select_regularization_tasks`; the functions here
 take and return :class:`~agentropy.training.trajectory.Trajectory` lists and plain tensors.
 Regularisation samples (``kind == "regularization"``, ids prefixed ``reg-``) bypass every
-advantage and loss modulation and are excluded from every batch statistic (13.3 C19/C21):
+advantage and loss modulation and are excluded from every batch statistic:
 :func:`regularization_rows` gives the row flags, :func:`statistics_mask` the mask to use for
 statistics, :func:`unit_advantages` sets their ``A = 1``. They never enter SPEAR's buffers.
+
+Paper: "Arbitrary Entropy Policy Optimization", arXiv 2510.08141 (abstract and README formula).
+Departure from the authors' code: ``arbepo.mix: add`` adds the selected episodes to the batch;
+the authors replace the first main episodes with them: ``arbepo.mix: replace``. See
+``docs/methods/arbepo.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ TaskT = TypeVar("TaskT")
 
 
 class TemperatureController:
-    """ArbEPO's bang-bang controller (ALGORITHMS-MORE.md 11(b) steps 1-2, 13.2 steps 0 and 10):
+    """ArbEPO's bang-bang controller (docs/methods/arbepo.md):
 
         T_k = T_high  if H_state <= H*  else  T_low          (the code's <=; H_state = 0 at first)
 
@@ -102,7 +107,7 @@ class TemperatureController:
 
 @torch.no_grad()
 def entropy_estimate(values: Tensor, mask: Tensor, kind: str = "full_old") -> float:
-    """The controller's entropy estimate, a token mean over ``mask`` (11(b)(iii)):
+    """The controller's entropy estimate, a token mean over ``mask``:
 
     ``full_old``: ``values`` = full-vocabulary entropies of the **main** samples from the
     recompute pass (mask without regularisation rows); ``surprisal_update``: ``values`` =
@@ -135,7 +140,7 @@ def regularization_rollout_config(cfg: Any, temperature: float, samples_per_task
     """The :class:`~agentropy.training.rollout.RolloutConfig` for the regularisation episodes:
     the run's rollout settings at ``temperature`` with ``samples_per_task`` per task. A plain
     ``RolloutConfig`` never branches, so :func:`~agentropy.training.rollout.collect` given it plays
-    plain episodes (13.2 step 1). Give ``collect`` a seed other than the main rollout's, e.g.
+    plain episodes. Give ``collect`` a seed other than the main rollout's, e.g.
     ``seed + 1_000_003``, so the two draws are independent."""
     rcfg = resolve_config(cfg)
     n = rcfg.group_size if samples_per_task is None else int(samples_per_task)
@@ -145,7 +150,7 @@ def regularization_rollout_config(cfg: Any, temperature: float, samples_per_task
 def mark_regularization(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
     """Copies of freshly collected ``T_k`` episodes marked as regularisation samples:
     ``kind = "regularization"`` and group / trajectory ids prefixed ``reg-`` (in every step too),
-    so they never join a main GRPO / CANON group or a trajectory statistic (C21)."""
+    so they never join a main GRPO / CANON group or a trajectory statistic."""
     out = []
     for traj in trajectories:
         new = copy.deepcopy(traj)
@@ -162,7 +167,7 @@ def mark_regularization(trajectories: Sequence[Trajectory]) -> list[Trajectory]:
 
 
 def regularization_budget(n_main: int, cfg: ArbEPOConfig) -> int:
-    """``N_reg``: ``reg_max`` if set, else ``max(1, round(reg_ratio * n_main))`` trajectories (11(b)(ii))."""
+    """``N_reg``: ``reg_max`` if set, else ``max(1, round(reg_ratio * n_main))`` trajectories."""
     if cfg.reg_max is not None:
         return int(cfg.reg_max)
     return max(1, round(cfg.reg_ratio * n_main))
@@ -175,14 +180,14 @@ def select_regularization_episodes(
     cfg: ArbEPOConfig | None = None,
     rewards: Sequence[float] | None = None,
 ) -> tuple[list[Trajectory], dict[str, float]]:
-    """Which regularisation episodes join the batch (ALGORITHMS-MORE.md 11(b) steps 3-5, 14):
+    """Which regularisation episodes join the batch (docs/methods/arbepo.md):
 
         A^_i = (R_i - mean_G R) / (std_G R + 1e-6)     (GRPO within each T_k task group, unbiased std)
         kept = {i : A^_i > adv_threshold}              (batch order)
         n_reg = min(N_reg, |kept|), halved (floor) while H_state > H*
 
     ``R`` is the outcome return (``episode_return``; pass ``rewards`` per trajectory to use
-    another outcome, never a shaped reward, 13.2 step 2). ``n_main`` counts main trajectories.
+    another outcome, never a shaped reward). ``n_main`` counts main trajectories.
     Returns the first ``n_reg`` kept episodes and metrics ``arbepo/n_reg``, ``arbepo/n_kept``,
     ``arbepo/reg_acc`` (mean outcome of the ``T_k`` episodes), ``arbepo/temperature``,
     ``arbepo/H_state``, ``arbepo/H_target``, ``arbepo/switches``.
@@ -209,7 +214,7 @@ def select_regularization_episodes(
 def splice_regularization(
     main: Sequence[Trajectory], selected: Sequence[Trajectory], mix: str = "add"
 ) -> tuple[list[Trajectory], dict[str, float]]:
-    """The update batch (ALGORITHMS-MORE.md 11(b) step 6, 13.2 step 6c):
+    """The update batch (docs/methods/arbepo.md):
 
         add:     main + selected                       (all main trajectories kept; paper form)
         replace: selected + main[n_reg:]               (code: the first n_reg main trajectories
@@ -253,7 +258,7 @@ def regularization_rows(trajectories: Sequence[Trajectory], include_probes: bool
 
 def statistics_mask(mask: Tensor, reg_rows: Tensor) -> Tensor:
     """``mask [B, L]`` with regularisation rows zeroed: the mask for every batch statistic
-    (STEER min/max, EDC sigma, EMPG min-max, AEPO z-scores, EPO history, CANON split, C19)."""
+    (STEER min/max, EDC sigma, EMPG min-max, AEPO z-scores, EPO history, CANON split)."""
     rows = reg_rows.to(device=mask.device, dtype=torch.bool).reshape(-1)
     if rows.numel() != mask.shape[0]:
         raise ValueError(f"reg_rows has {rows.numel()} entries for {mask.shape[0]} rows")
@@ -261,7 +266,7 @@ def statistics_mask(mask: Tensor, reg_rows: Tensor) -> Tensor:
 
 
 def unit_advantages(token_advantages: Tensor, mask: Tensor, reg_rows: Tensor) -> Tensor:
-    """``A := 1`` on every reply token of the regularisation rows (11(b) step 4), other rows
+    """``A := 1`` on every reply token of the regularisation rows (the regulariser itself), other rows
     unchanged. Shapes ``[B, L]`` (``token_advantages`` may be ``[B]``) -> ``[B, L]``, 0 where masked."""
     rows = reg_rows.to(device=mask.device, dtype=torch.bool).reshape(-1)
     if rows.numel() != mask.shape[0]:

@@ -1,17 +1,23 @@
-"""CANON: conditional advantage estimation with entropy-split groups (ALGORITHMS-MORE.md 12, 14).
+"""CANON: conditional advantage estimation with entropy-split groups (docs/methods/canon.md).
 
 Each task group is split at the median of a per-trajectory metric (by default the
 turn-averaged entropy) into a low half ``C-`` and a high half ``C+``. Every trajectory is compared
 with the **other** half's mean reward (inter-group: whichever half does better is pushed up as a
 whole, so the data choose the entropy direction) and with its **own** half's mean
 (intra-group); ``mu`` mixes the two. ``mu = 1/2`` is exactly Dr.GRPO (``R_i - mean_G R``) for even
-groups. CANON replaces the base estimator (13.2 step 4; with GiGPO it replaces ``A^E`` only); EMPG
+groups. CANON replaces the base estimator (with GiGPO it replaces ``A^E`` only); EMPG
 and the AEPO factor then act on its output as usual.
 
-Multi-turn (14): the unit is the **trajectory** within its task group; step-samples of one
+Multi-turn: the unit is the **trajectory** within its task group; step-samples of one
 trajectory share its advantage. Statistics count each trajectory once (not every step-sample,
 which would let long trajectories dominate the halves). Pass only main samples (ArbEPO
-regularisation rows keep ``A = 1``, C19). Metrics are Python floats.
+regularisation rows keep ``A = 1``). Metrics are Python floats.
+
+Paper: "Conditional Advantage Estimation for Reinforcement Learning in Large Reasoning Models",
+arXiv 2509.23962 (``mu`` of Eq. 5, ``alpha`` of Eq. 8). Departures from the authors' code: the
+split metric is a mean over turns of each turn's mean entropy, without division by length
+(``canon.metric: token_mean`` is the authors' token mean; ``canon.length_norm`` their ``L_max``
+division under ``seq-mean-token-sum``). See ``docs/methods/canon.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ FloatsLike = Sequence[float] | Tensor | np.ndarray
 
 
 def cos_restart(k: int, vmax: float, vmin: float, total: int = 150, warmup: int = 30, cycles: int = 3) -> float:
-    """CANON's cosine schedule with restarts (ALGORITHMS-MORE.md 12(b)):
+    """CANON's cosine schedule with restarts (docs/methods/canon.md):
 
         k < warmup:  vmax (k + 1) / warmup
         else:        vmin + (vmax - vmin) (1 + cos(pi k' / c)) / 2,   c = (total - warmup) // cycles,
@@ -47,7 +53,7 @@ def cos_restart(k: int, vmax: float, vmin: float, total: int = 150, warmup: int 
 
 
 def canon_mu(cfg: CANONConfig, step: int = 0, batch_accuracy: float | None = None) -> float:
-    """``mu_k`` of the configured schedule (12(b)): ``constant`` -> ``cfg.mu``; ``anneal`` -> the
+    """``mu_k`` of the configured schedule: ``constant`` -> ``cfg.mu``; ``anneal`` -> the
     batch mean outcome (intra-group first, inter-group as accuracy rises); ``cosine_restart`` ->
     ``1 - cosR(k; 0.6, 0)``; ``cosine_restart_r`` -> ``cosR(k; 1.0, 0.4)``."""
     if cfg.schedule == "constant":
@@ -73,7 +79,7 @@ def canon_advantages(
     step: int = 0,
     mu: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """CANON advantages per step-sample (ALGORITHMS-MORE.md 12(b), 14).
+    """CANON advantages per step-sample (docs/methods/canon.md).
 
     Per trajectory ``i``: outcome ``R_i`` and metric ``h_i`` (default the turn-averaged entropy
     ``(1/T_i) sum_t H_{i,t}`` of the old policy's full entropies, turns without reply tokens

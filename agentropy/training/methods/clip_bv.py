@@ -1,4 +1,4 @@
-"""Entropy-discriminator clipping, Clip_B and Clip_V (ALGORITHMS-MORE.md 10).
+"""Entropy-discriminator clipping, Clip_B and Clip_V (docs/methods/clip_bv.md).
 
 For a softmax, raising the logit of token ``k`` by ``eps`` changes the entropy by
 ``-eps S_k`` with the **entropy discriminator** ``S_k = p_k (H + log p_k)``; a policy-gradient step
@@ -8,12 +8,18 @@ shrink entropy most**: Clip_B judges by ``S`` z-scored over the batch, Clip_V by
 its std, with a cap on the fraction dropped.
 
 Everything is computed once per iteration from the recompute pass under pi_old (no gradient),
-after the final advantage is known (13.2 step 6b: the sign that is applied, after EMPG and the
-AEPO factor, C17). The result is a keep factor ``k [B, L]`` in ``{0, 1}``: the trainer multiplies
+after the final advantage is known (the sign that is applied, after EMPG and the
+AEPO factor). The result is a keep factor ``k [B, L]`` in ``{0, 1}``: the trainer multiplies
 it into the mask of the **policy-gradient term only** (``m' = m k``, denominator ``sum m'``);
-entropy, KL, EPO and SIREN terms keep ``m`` (C22). Statistics run over the valid tokens of all
-step-samples given (14); pass a mask without ArbEPO regularisation rows (C19) and they stay
+entropy, KL, EPO and SIREN terms keep ``m``. Statistics run over the valid tokens of all
+step-samples given; pass a mask without ArbEPO regularisation rows and they stay
 untouched (keep factor 1). Metrics are Python floats (once per iteration).
+
+Paper: "On the Entropy Dynamics in Reinforcement Fine-Tuning of Large Language Models", arXiv
+2602.03392 (Thm 3.2). Departures from the authors' code: Clip_V keeps ``A = 0`` tokens (the
+authors' ``clip_zero_adv`` drops them: ``clip_v.clip_zero_adv: true``); Clip_B judges by the
+recomputed pi_old (the authors: the sampler's log-probs; with the hf backend and
+``train.recompute_old: auto`` those are used). See ``docs/methods/clip_bv.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from agentropy.training.update_hooks import Method
 @torch.no_grad()
 def expected_discriminator(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """``N = E_{v~q}[S_v] = H sum_v q_v^2 + sum_v q_v^2 log q_v`` of ``q = softmax(logits / T)``
-    (ALGORITHMS-MORE.md 10(b), the code's "nec"). Needs the full distribution, so the trainer
+    (docs/methods/clip_bv.md, the code's "nec"). Needs the full distribution, so the trainer
     computes it in the recompute pass next to the entropy, in float32 or wider.
     Shapes: ``[..., V] -> [...]``; ``-inf`` logits contribute 0."""
     z = logits.detach()
@@ -48,7 +54,7 @@ def expected_discriminator(logits: Tensor, temperature: float = 1.0) -> Tensor:
 def entropy_discriminator(
     old_logprobs: Tensor, old_entropy: Tensor, mask: Tensor, expected: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None]:
-    """The sampled token's discriminator and its centred version (ALGORITHMS-MORE.md 10(b)):
+    """The sampled token's discriminator and its centred version (docs/methods/clip_bv.md):
 
         S_j = q_j (H_j + log q_j),        D_j = N_j - S_j,   N_j = E_{v~q}[S_v]
 
@@ -80,7 +86,7 @@ def entropy_discriminator(
 def clip_b_mask(
     s: Tensor, advantages: Tensor, mask: Tensor, cfg: ClipBConfig | None = None
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clip_B keep factor (ALGORITHMS-MORE.md 10(b)):
+    """Clip_B keep factor (docs/methods/clip_bv.md):
 
         S_bar, sigma_S = mean and population std of S over the n valid tokens
         drop_j  iff  A_j < 0  and  S_j - S_bar < -mu sigma_S        (keep all if sigma_S < min_std)
@@ -107,7 +113,7 @@ def clip_b_mask(
 def clip_v_mask(
     d: Tensor, advantages: Tensor, mask: Tensor, cfg: ClipVConfig | None = None
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clip_V keep factor (ALGORITHMS-MORE.md 10(b)):
+    """Clip_V keep factor (docs/methods/clip_bv.md):
 
         sigma_D = population std of D over the n valid tokens    (keep all if sigma_D < min_std)
         C = {j : A_j < 0, m_j = 1, D_j > mu sigma_D}             (not mean-centred, as the code)

@@ -31,7 +31,7 @@ from agentropy.training.update_hooks import Method
 
 
 def token_covariance(advantages: Tensor, logprobs: Tensor, mask: Tensor) -> Tensor:
-    """Clip-Cov / KL-Cov token covariance proxy (ALGORITHMS.md 1.5), detached:
+    """Clip-Cov / KL-Cov token covariance proxy (docs/methods/clip_cov.md), detached:
 
         c_n = (A_n - mean A) * (log pi(y_n) - mean log pi)
 
@@ -57,7 +57,7 @@ def clip_cov_mask(
     clip_high: float = 0.2,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Stats]:
-    """Clip-Cov token selection (ALGORITHMS.md 1.5): a ``{0, 1}`` mask ``kappa [B, L]``.
+    """Clip-Cov token selection (docs/methods/clip_cov.md): a ``{0, 1}`` mask ``kappa [B, L]``.
 
     Candidates are valid tokens with ``cov_lb < c_n < cov_ub`` (:func:`token_covariance`) that
     PPO has not already clipped (``-A clip(rho) > -A rho`` on forward values with the given
@@ -107,7 +107,7 @@ def kl_cov_loss(
     agg: str = "token-mean",
     normalizer: float | None = None,
 ) -> tuple[Tensor, Stats]:
-    """KL-Cov loss (ALGORITHMS.md 1.5): no ratio clipping at all;
+    """KL-Cov loss (docs/methods/clip_cov.md): no ratio clipping at all;
 
         l_n = -A_n rho_n + beta |log pi(y_n) - log pi_old(y_n)|   for the top-k tokens by c_n
         l_n = -A_n rho_n                                          otherwise

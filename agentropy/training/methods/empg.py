@@ -40,7 +40,7 @@ def empg_modulate(
     eps: float = 1e-8,
     valid: Sequence[bool] | Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """EMPG step modulation (ALGORITHMS.md 3(b)), over all steps of the batch:
+    """EMPG step modulation (docs/methods/empg.md), over all steps of the batch:
 
         Ht_{i,t}  = (H_{i,t} - min_B H) / (max_B H - min_B H + eps)
         g(H_{i,t}) = exp(-k Ht_{i,t}) / mean_B exp(-k Ht)          (mean 1 over the batch)

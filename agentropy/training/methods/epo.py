@@ -37,7 +37,7 @@ from agentropy.training.update_hooks import Method
 
 
 def corridor_penalty(entropy: Tensor, href: Tensor, kappa_l: float = 0.0, kappa_r: float = 2.0) -> Tensor:
-    """EPO's differentiable corridor hinge (ALGORITHMS.md 2(b)):
+    """EPO's differentiable corridor hinge (docs/methods/epo.md):
 
         P = [kappa_l * Href - H]_+ + [H - kappa_r * Href]_+
 
@@ -54,7 +54,7 @@ def corridor_penalty(entropy: Tensor, href: Tensor, kappa_l: float = 0.0, kappa_
 
 def epo_beta(k: int, total_steps: int, gamma: float = 3.0) -> float:
     """EPO's scheduled weight ``beta_k = 1 + exp(-gamma k / k_mid)``, ``k_mid = floor(K / 2)``
-    (ALGORITHMS.md 2(b)): 2 at ``k = 0``, ``1 + e^-gamma`` at ``k_mid``, ``1 + e^-2gamma`` at
+    (docs/methods/epo.md): 2 at ``k = 0``, ``1 + e^-gamma`` at ``k_mid``, ``1 + e^-2gamma`` at
     ``K``. ``k_mid`` is taken as at least 1 so ``K = 1`` is defined."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -80,7 +80,7 @@ def epo_loss_terms(
     bonus: bool = True,
     smooth_start_step: int = 0,
 ) -> tuple[Tensor, Stats]:
-    """EPO's addition to the loss (ALGORITHMS.md 2(b)), to be added to the policy loss:
+    """EPO's addition to the loss (docs/methods/epo.md), to be added to the policy loss:
 
         term = -lambda * (L^H - beta_k * alpha * L^smooth)
         L^H      = (1/B) sum_j (1/T) sum_t (1/|tau_jt|) sum_i H_jti       (trajectory-level mean)
@@ -90,8 +90,8 @@ def epo_loss_terms(
     one id per row, ``href [B]`` the reference of each row's turn from
     :class:`entropy.EntropyHistory`; ``None`` or NaN entries (no history yet) mean no hinge
     for those rows, so ``L^smooth = 0`` at ``k = 0``. ``mode="seq"`` compares each row's mean entropy to the corridor instead of
-    each token. ``bonus=False`` drops ``L^H`` and keeps only the hinge (ALGORITHMS-MORE C14);
-    ``step < smooth_start_step`` holds the hinge off (6.3 C3 option). The averages run over the
+    each token. ``bonus=False`` drops ``L^H`` and keeps only the hinge (docs/methods/README.md);
+    ``step < smooth_start_step`` holds the hinge off (option). The averages run over the
     rows given, so call it on whole trajectories (or accept the micro-batch approximation).
     Metrics: ``epo/entropy``
     (``L^H``), ``epo/smooth``, ``epo/beta``, ``epo/viol_low`` / ``epo/viol_high`` (fraction of

@@ -1,17 +1,22 @@
-"""SIREN: selective, self-anchored entropy regularisation (ALGORITHMS-MORE.md 9).
+"""SIREN: selective, self-anchored entropy regularisation (docs/methods/siren.md).
 
 Three pieces: (1) the entropy of each position is taken over its **nucleus** only (top-p, the
 crossing token excluded), (2) only the **peak** positions of each trajectory count (top 20% by
 that entropy, a per-trajectory quantile), and (3) instead of a bonus ``-lambda H`` the loss adds a
 squared penalty ``lambda (H^sel - H_anchor)^2`` that pulls the selected entropy back to its value
 at the first update. The penalty is a closed-loop entropy controller: do not run it with EPO's
-corridor or ArbEPO unless allowed (13.3 C14/C15, :func:`agentropy.training.entropy_controllers.validate_controllers`).
+corridor or ArbEPO unless allowed (:func:`agentropy.training.entropy_controllers.validate_controllers`).
 
-Multi-turn mapping (14): a "row" of the source code (one response) is a **trajectory** here,
+Multi-turn mapping: a "row" of the source code (one response) is a **trajectory** here,
 so step-samples are grouped by ``traj_ids``: the quantile runs over all reply tokens of the
 trajectory present, ``s_i`` is the trajectory's mean selected entropy and ``H^sel`` the mean over
 trajectories. ``row: turn`` uses each step-sample as its own row (literal code behaviour).
 Shapes: ``B`` rows (step-samples), ``L`` reply positions, ``V`` vocabulary entries.
+
+Paper: "Rethinking Entropy Regularization in Large Reasoning Models", arXiv 2509.25133 (the
+formulas follow the released code). Departure from the authors' code: the unit of the quantile
+and of ``s_i`` is a trajectory; the authors' unit is one response: ``siren.row: turn``. See
+``docs/methods/siren.md``.
 """
 
 from __future__ import annotations
@@ -32,11 +37,11 @@ Stats = dict[str, Tensor]
 
 class NucleusEntropyError(RuntimeError):
     """The top-p entropy could not be computed. Raised, never replaced by the full entropy
-    (the source code's silent ``except: fallback`` is a documented quirk, 9(b))."""
+    (the source code's silent ``except: fallback`` is a known quirk, not copied)."""
 
 
 def nucleus_entropy(logits: Tensor, top_p: float = 0.8, top_k: int = 10000, temperature: float = 1.0) -> Tensor:
-    """Top-p (nucleus) entropy **with gradient** (ALGORITHMS-MORE.md 9(b)).
+    """Top-p (nucleus) entropy **with gradient** (docs/methods/siren.md).
 
     Sort the top-``K`` probabilities ``p_(1) >= p_(2) >= ...`` of ``softmax(logits / T)``, with
     cumulative sums ``c_r``. The nucleus is ``N = {(r): c_r < P}``: **the token whose cumulative
@@ -109,7 +114,7 @@ def _nucleus(logits: Tensor, top_p: float, top_k: int, temperature: float) -> tu
 def peak_entropy_mask(
     h_topp: Tensor, mask: Tensor, row_ids: IdsLike | None = None, quantile: float = 0.8
 ) -> Tensor:
-    """SIREN's peak-entropy selection (ALGORITHMS-MORE.md 9(b)):
+    """SIREN's peak-entropy selection (docs/methods/siren.md):
 
         tau_i = Quantile_q {H^P_j : m_j = 1, j in row i}   (linear interpolation, as torch.nanquantile)
         M_j   = 1[H^P_j > tau_i] * m_j                      (strict: a row of equal values selects none)
@@ -145,7 +150,7 @@ def peak_entropy_mask(
 
 class SIRENAnchor:
     """SIREN's anchor ``H_anchor``: the selected top-p entropy at the first update, then frozen
-    (ALGORITHMS-MORE.md 9(b); 13.2 step 3 and step 10).
+    (docs/methods/siren.md).
 
     :meth:`set_from` takes the old policy's top-p entropies of the whole first rollout batch
     (recompute pass, no gradient) and stores ``H_anchor = H^sel`` computed exactly as the loss
@@ -250,7 +255,7 @@ def siren_loss(
     selected: Tensor | None = None,
     nucleus_size: Tensor | None = None,
 ) -> tuple[Tensor, Stats]:
-    """SIREN's term, added to the policy loss (ALGORITHMS-MORE.md 9(b); 13.2 step 8):
+    """SIREN's term, added to the policy loss (docs/methods/siren.md):
 
         s_i   = sum_j M_j H^P_j / sum_j M_j   (0 if row i selects nothing; such rows still count)
         H^sel = (1/B) sum_i s_i               (seq-mean-token-mean over the B rows with reply tokens)

@@ -1,10 +1,10 @@
 """SPEAR: self-imitation replay buffer, P50 baseline, curriculum schedules and the SIL loss
-(ALGORITHMS.md 5(b)-(c)).
+(docs/methods/spear.md).
 
 The trainer owns the loop; this module owns the state and the math:
 
 1. after each on-policy update: ``baseline.add_groups(...)`` with this batch's rewards, then
-   ``buffer.add(...)`` with the samples whose BASE advantage is > 0 (6.2 step 6; the sign
+   ``buffer.add(...)`` with the samples whose BASE advantage is > 0 (the sign
    before EMPG/AEPO);
 2. before the next update: ``if buffer.triggered(baseline): replay = buffer.sample(baseline,
    generator)`` recalibrates, filters, subsamples a power-of-two batch and flushes the buffer;
@@ -13,6 +13,12 @@ The trainer owns the loop; this module owns the state and the math:
 
 Both buffers keep only Python data and whatever sample objects the trainer stores (tensors,
 lists, ``Step`` records), so ``state_dict()`` goes into a checkpoint with ``torch.save``.
+
+Paper: "Learn the Ropes, Then Trust the Wins: Self-imitation with Progressive Exploration for
+Agentic RL", arXiv 2509.22601 (its equations were not retrieved; the formulas follow the released
+code). Departure from the authors' code: the P50 baseline buffer is trimmed per group entry, the
+authors trim per training step; scale ``spear.baseline_buffer_size`` by the tasks per batch to
+match. See ``docs/methods/spear.md``.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ def group_reward_stats(
 
 class BaselineBuffer:
     """FIFO of per-group reward means and stds (``baseline_buffer_size`` entries, oldest out
-    first), giving SPEAR's P50 baselines ``b50`` and ``s50`` (ALGORITHMS.md 5(b)). The code trims
+    first), giving SPEAR's P50 baselines ``b50`` and ``s50`` (docs/methods/spear.md). The code trims
     whole steps' worth of groups; this trims single group entries, which differs only in how
     many entries of the oldest step survive."""
 
@@ -139,7 +145,7 @@ class BaselineBuffer:
 
 
 class ReplayBuffer:
-    """SPEAR's trajectory buffer (``TrajectoryBufferBatch``, ALGORITHMS.md 5(b)).
+    """SPEAR's trajectory buffer (``TrajectoryBufferBatch``, docs/methods/spear.md).
 
     - Entry: samples with base advantage ``A^ > 0``.
     - Staleness: before each insert, items more than ``min(tolerate_steps, tolerate_cap)``
@@ -304,14 +310,14 @@ class ReplayBuffer:
 
 def sil_weight(k: int, c_sil: float = 1.0, k_sil: int = 200) -> float:
     """SIL weight ramp ``w_k = c_SIL * (1 - cos(pi k / K_SIL)) / 2`` for ``k <= K_SIL``, then
-    ``c_SIL`` (ALGORITHMS.md 5(b))."""
+    ``c_SIL`` (docs/methods/spear.md)."""
     if k_sil <= 0 or k >= k_sil:
         return float(c_sil)
     return float(c_sil * 0.5 * (1.0 - math.cos(math.pi * max(k, 0) / k_sil)))
 
 
 def tool_reward_weight(k: int, k_tool: int = 200, mode: str = "cosine") -> float:
-    """Curriculum weight ``mu_k`` of the tool-call reward (ALGORITHMS.md 5(b)): ``none`` -> 0,
+    """Curriculum weight ``mu_k`` of the tool-call reward (docs/methods/spear.md): ``none`` -> 0,
     ``constant`` -> 1, ``cosine`` -> ``(1 + cos(pi k / K_tool)) / 2`` for ``k <= K_tool``, else 0."""
     if mode == "none":
         return 0.0
@@ -327,7 +333,7 @@ def tool_reward_weight(k: int, k_tool: int = 200, mode: str = "cosine") -> float
 def tool_call_reward(
     n_tool: float, k: int, k_tool: int = 200, mode: str = "cosine", per_call: float = 0.1, cap: float = 1.0
 ) -> float:
-    """SPEAR's intrinsic tool-call reward ``mu_k * min(1, 0.1 * n_tool)`` (ALGORITHMS.md 5(b)),
+    """SPEAR's intrinsic tool-call reward ``mu_k * min(1, 0.1 * n_tool)`` (docs/methods/spear.md),
     added to the outcome reward: ``R = R^out + mu_k r^tool``. In step-wise environments every
     action is a tool call, so ``n_tool`` is the episode length in env steps."""
     if n_tool < 0:
@@ -351,12 +357,12 @@ def sil_loss(
     generator: torch.Generator | None = None,
     normalizer: float | None = None,
 ) -> tuple[Tensor, Stats]:
-    """SPEAR's self-imitation loss on replayed samples (ALGORITHMS.md 5(b)):
+    """SPEAR's self-imitation loss on replayed samples (docs/methods/spear.md):
 
         L_SIL = -(1/Z) sum_j m_j kappa_j min(rho^b_j A~, clip(rho^b_j, 1 - eps_l, 1 + eps_h) A~),
         rho^b_j = pi_theta(y_j) / pi_behav(y_j)
 
-    the standard clip (no stop-gradient trick, 6.3 C5) plus dual clip, with ``kappa`` the
+    the standard clip (no stop-gradient trick) plus dual clip, with ``kappa`` the
     replay-specific Clip-Cov mask (ratio 0.02, bounds [2, 60] from the ALFWorld scripts) and no
     KL. ``advantages`` are the recalibrated ``A~`` (``[B]`` or ``[B, L]``). The trainer scales
     the result by :func:`sil_weight`. Stats: the surrogate's plus ``clip_cov_frac``.

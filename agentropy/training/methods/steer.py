@@ -1,23 +1,28 @@
 """STEER: per-token reweighting of the policy-gradient loss by the predicted entropy change
-(ALGORITHMS-MORE.md 8).
+(docs/methods/steer.md).
 
 Each token's update moves the entropy of its position by an amount estimated, to first order,
 by ``Omega_j``. STEER multiplies the token's PPO loss by a detached weight that decreases in
 ``|Omega_j|``, so no token makes a large entropy move in either direction. The weights go to
 the surrogate as ``token_weights`` (denominators keep counting the mask: the weights are not
-renormalised, 8(b)).
+renormalised).
 
 Shapes: ``B`` rows (step-samples), ``L`` reply positions; ``mask`` is 1 on reply tokens and
 every statistic runs over ``mask == 1`` only. Stats are detached 0-dim tensors (no device
 sync), as in :mod:`agentropy.training.losses`.
 
-Scope of the min/max (8(b) [default]): over the valid tokens of the **mini-batch**, so the
+Scope of the min/max: over the valid tokens of the **mini-batch**, so the
 weights do not depend on the micro-batch size. The current probabilities ``p`` are only known
 after each micro-batch's forward pass, so the trainer gets the mini-batch range in a no-grad
 pass over the mini-batch's micro-batches first (:func:`omega_range` merged across them; the
 model does not change inside a mini-batch, so the values are those of the gradient pass), and
 passes it to :func:`steer_weights`. ``stat_scope: micro`` takes the range over each
 micro-batch alone (code parity, no extra pass).
+
+Paper: "Rethinking Entropy Interventions in RLVR: An Entropy Change Perspective", arXiv
+2510.10150 (v2; its equations were not retrieved, the formulas follow the released code).
+Departure from the authors' code: the ``|Omega|`` range is taken over the mini-batch, the
+authors take it per micro-batch: ``steer.stat_scope: micro``. See ``docs/methods/steer.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def entropy_change_estimate(
     mask: Tensor,
     prob_eps: float = 1e-8,
 ) -> Tensor:
-    """STEER's first-order entropy-change estimate (ALGORITHMS-MORE.md 8(b), code form):
+    """STEER's first-order entropy-change estimate (docs/methods/steer.md):
 
         p~ = clip(p, eps, 1 - eps),   q~ = clip(q, eps, 1)
         Omega_j = (A_j / q~_j) * p~_j (1 - p~_j) * (log p~_j + H^old_j)
@@ -107,7 +112,7 @@ def steer_weights(
     omega_stats: Tensor | None = None,
     exempt: Tensor | None = None,
 ) -> tuple[Tensor, Stats]:
-    """Detached STEER token weights (ALGORITHMS-MORE.md 8(b)).
+    """Detached STEER token weights (docs/methods/steer.md).
 
     Exponential mode (the paper's ``lambda = exp(-k |Omega|)``):
 
@@ -121,7 +126,7 @@ def steer_weights(
     (all ``(w_min + w_max) / 2`` when ``Omega_max = Omega_min``). ``Omega_min/max`` are taken over
     ``mask == 1`` tokens given here, or come from ``omega_stats = [min, max]`` (the mini-batch
     range from :func:`omega_range`). Tokens where ``exempt`` (bool ``[B]`` rows or ``[B, L]``) is
-    true, e.g. ArbEPO regularisation rows (13.2 step 8), take no part in the statistics and get
+    true, e.g. ArbEPO regularisation rows, take no part in the statistics and get
     weight 1. Masked tokens get weight 0 (``w_j <- w_j m_j``).
 
     Shapes: ``omega``, ``mask`` ``[B, L]`` -> weights ``[B, L]`` (no gradient) and stats
