@@ -18,8 +18,9 @@ import torch
 from agentropy.training.config import load_config
 from agentropy.training.model_setup import build_backend, load_policy
 from agentropy.training.policy import reply_logprobs_and_entropy
-from agentropy.training.policy_update import UpdateState, gather_samples, iteration_update
+from agentropy.training.policy_update import UpdateState, iteration_update
 from agentropy.training.rollout import collect
+from agentropy.training.step_samples import gather_samples
 from agentropy.training.trainer import _make_accelerator, train_tasks
 
 

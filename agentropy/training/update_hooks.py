@@ -109,7 +109,7 @@ class UpdateContext:
     pad_id: int
     metrics: dict[str, float] = field(default_factory=dict)
     trajectories: list[Any] = field(default_factory=list)  # the batch's episodes
-    samples: Any = None  # policy_update.StepSamples
+    samples: Any = None  # step_samples.StepSamples
     mask: Tensor | None = None  # [N, R] reply mask
     exempt: Tensor | None = None  # [N] bool
     has_exempt: bool = False

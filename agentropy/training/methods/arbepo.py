@@ -250,7 +250,7 @@ def is_regularization(traj: Trajectory) -> bool:
 
 def regularization_rows(trajectories: Sequence[Trajectory], include_probes: bool = False) -> Tensor:
     """Bool ``[N]``: which step-sample rows are regularisation samples, in the row order of
-    ``policy_update.gather_samples`` (every step of
+    ``step_samples.gather_samples`` (every step of
     every trajectory, AEPO probes left out unless ``include_probes``)."""
     flags = [is_regularization(t) for t in trajectories if include_probes or t.kind != "probe" for _ in t.steps]
     return torch.tensor(flags, dtype=torch.bool)
