@@ -90,7 +90,9 @@ def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
 
     monkeypatch.setattr(losses, "policy_loss", poisoned)
     cfg = small_config(tmp_path, "nan", tiny_dir, ["train.iterations=1", "sft.enabled=false"])
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteLossError) as err:
         train(cfg)
-    assert (tmp_path / "nan" / "nonfinite_batch_iter_000000.jsonl").exists()
+    dump = tmp_path / "nan" / "nonfinite_batch_iter_000000.jsonl"
+    assert str(err.value) == f"non-finite loss nan at iteration 0 (RL update); batch saved to {dump}"
+    assert dump.exists()
     assert latest_checkpoint(tmp_path / "nan") is None
