@@ -50,6 +50,8 @@ CASES: dict[str, tuple[str, list[str]]] = {
                            ["{f}: strategy.steer.w_min: must be in (0, 1], got 2.0"]),
     "device_name": ("model:\n  device: gpu\n",
                     ["{f}: model.device: must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"]),
+    "model_path_missing": ("model:\n  path: /nonexistent/ckpt\n",
+                           ["{f}: model.path: no such checkpoint folder: /nonexistent/ckpt"]),
     "run_name_escapes": ("run:\n  name: ../elsewhere\n", ["{f}: run.name: must be a plain folder name, got '../elsewhere'"]),
 }
 

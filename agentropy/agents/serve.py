@@ -39,7 +39,7 @@ from typing import Any
 from agentropy.agents.backends.base import Completion, SamplingParams
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 60.0
 TOKEN_ID_PREFIX = "token_id:"
 
 

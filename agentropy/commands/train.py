@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete the run folder of run.name first if it holds an earlier run")
+
+
+def _check_model_path(cfg: Any, source: str) -> None:
+    """A ``model.path`` that does not exist is a config problem: say so before anything starts
+    (the dataclass cannot check it: bench configs name a model folder before it is built)."""
+    from agentropy.configuration import ConfigError
+
+    if cfg.model.path and not Path(cfg.model.path).expanduser().exists():
+        raise ConfigError(f"no such checkpoint folder: {cfg.model.path}", field="model.path", source=source)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise run_folder.RunFolderError(f"{run_dir}: not a run folder (no config.yaml)")
         overrides.insert(0, "train.stop_after=null")  # the saved config may hold the interruption point
         cfg = load_config(run_dir / "config.yaml", overrides)
+        _check_model_path(cfg, str(run_dir / "config.yaml"))
         if cfg.run.dir.resolve() != run_dir.resolve():
             cfg.run.root, cfg.run.name = str(run_dir.parent), run_dir.name
         run_folder.check_resume(run_dir, to_dict(cfg))
@@ -51,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.config:
             raise UsageError("agentropy train: give a CONFIG file or --resume RUN_DIR")
         cfg = load_config(args.config, overrides)
+        _check_model_path(cfg, args.config)
         if main_process:
             run_folder.check_fresh_start(cfg.run.dir, args.overwrite)
 
