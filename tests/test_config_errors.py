@@ -107,3 +107,53 @@ def test_missing_include_names_the_including_file(no_heavy_work, tmp_path, capsy
     (tmp_path / "top.yaml").write_text("include: [sub/mid.yaml]\n")
     assert cli.main(["train", "top.yaml"]) == 2
     assert capsys.readouterr().err == "sub/mid.yaml: include: included file not found: gone.yaml\n"
+
+
+# ---- the collector, on dataclasses of any module (method sections check their own ranges) ----
+
+from dataclasses import dataclass, field  # noqa: E402
+
+from agentropy.configuration import ConfigError, at_least, check_bounds, load  # noqa: E402
+
+
+@dataclass
+class MethodA:
+    rate: float = 0.1
+
+    def __post_init__(self) -> None:  # a plain ValueError naming "<section>.<field>", as method modules write them
+        if self.rate <= 0:
+            raise ValueError(f"method_a.rate must be > 0, got {self.rate}")
+
+
+@dataclass
+class MethodB:
+    steps: int = 1
+    mode: str = "x"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("x", "y"):
+            raise ValueError(f"unknown mode {self.mode!r}")  # no field in the text: reported under the section
+        check_bounds(self, {"steps": at_least(1)})
+
+
+@dataclass
+class Methods:
+    method_a: MethodA = field(default_factory=MethodA)
+    method_b: MethodB = field(default_factory=MethodB)
+
+
+@dataclass
+class Top:
+    strategy: Methods = field(default_factory=Methods)
+
+
+def test_post_init_errors_of_every_section_are_collected_with_their_fields(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text("strategy:\n  method_a: {rate: -1}\n  method_b: {steps: 0}\n")
+    with pytest.raises(ConfigError) as err:
+        load(Top, tmp_path / "m.yaml")
+    assert str(err.value) == ("m.yaml: strategy.method_a.rate: must be > 0, got -1.0\n"
+                              "m.yaml: strategy.method_b.steps: must be >= 1, got 0")
+    with pytest.raises(ConfigError) as err:
+        load(Top, None, ["strategy.method_b.mode=z"])
+    assert str(err.value) == "override 'strategy.method_b.mode=z': strategy.method_b: unknown mode 'z'"

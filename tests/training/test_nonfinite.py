@@ -126,3 +126,17 @@ def test_require_finite_names_path_iteration_and_step():
     assert str(err.value) == "non-finite loss (nan) in replay at step 2 (iteration 3)"
     err.value.dump = Path("runs/x/nonfinite_batch_iter_000003.jsonl")
     assert str(err.value).endswith("; batch saved to runs/x/nonfinite_batch_iter_000003.jsonl")
+
+
+def test_trainer_names_iteration_path_and_dump_for_sampler_nan(tmp_path):
+    from agentropy.training.trainer import _dump_weight_report, _with_dump
+
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    exc = NonFiniteError("non-finite logits (NaN) at generation step 0 in rows [0]", where="sampler")
+    dump = tmp_path / "nonfinite_sampler_iter_000007.json"
+    out = _with_dump(exc, 7, "rollout", dump, lambda path: _dump_weight_report(model, path), main=True)
+    assert str(out) == (f"non-finite logits (NaN) at generation step 0 in rows [0] (sampler, iteration 7); "
+                        f"batch saved to {dump}")
+    assert json.loads(dump.read_text()) == {"nonfinite_parameters": ["weight"]}
