@@ -36,7 +36,7 @@ class NonFiniteError(UserError, RuntimeError):
         if context:
             parts.append(f"({', '.join(context)})")
         text = " ".join(parts)
-        return f"{text}; batch saved to {self.dump}" if self.dump is not None else text
+        return f"{text}; dumped to {self.dump}" if self.dump is not None else text
 
 
 def require_finite(value: float | torch.Tensor, what: str, *, where: str, iteration: int | None = None,

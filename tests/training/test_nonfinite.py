@@ -64,7 +64,7 @@ def test_sft_nan_loss_is_refused_before_the_step_and_dumped(model_and_pairs, tmp
     with pytest.raises(NonFiniteError) as err:
         sft.train_sft(model, tokenizer, pairs, cfg, dump_dir=tmp_path)
     dump = tmp_path / "nonfinite_sft_step_000001.json"
-    assert str(err.value) == f"non-finite loss (nan) in sft at step 1; batch saved to {dump}"
+    assert str(err.value) == f"non-finite loss (nan) in sft at step 1; dumped to {dump}"
     assert _same(before, _weights(model))  # the poisoned batch never stepped
     assert len(json.loads(dump.read_text())) == 2
 
@@ -125,7 +125,7 @@ def test_require_finite_names_path_iteration_and_step():
         require_finite(torch.tensor(float("nan")), "loss", where="replay", iteration=3, step=2)
     assert str(err.value) == "non-finite loss (nan) in replay at step 2 (iteration 3)"
     err.value.dump = Path("runs/x/nonfinite_batch_iter_000003.jsonl")
-    assert str(err.value).endswith("; batch saved to runs/x/nonfinite_batch_iter_000003.jsonl")
+    assert str(err.value).endswith("; dumped to runs/x/nonfinite_batch_iter_000003.jsonl")
 
 
 def test_trainer_names_iteration_path_and_dump_for_sampler_nan(tmp_path):
@@ -138,5 +138,5 @@ def test_trainer_names_iteration_path_and_dump_for_sampler_nan(tmp_path):
     dump = tmp_path / "nonfinite_sampler_iter_000007.json"
     out = _with_dump(exc, 7, "rollout", dump, lambda path: _dump_weight_report(model, path), main=True)
     assert str(out) == (f"non-finite logits (NaN) at generation step 0 in rows [0] (sampler, iteration 7); "
-                        f"batch saved to {dump}")
+                        f"dumped to {dump}")
     assert json.loads(dump.read_text()) == {"nonfinite_parameters": ["weight"]}

@@ -93,6 +93,6 @@ def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
     with pytest.raises(NonFiniteLossError) as err:
         train(cfg)
     dump = tmp_path / "nan" / "nonfinite_batch_iter_000000.jsonl"
-    assert str(err.value) == f"non-finite loss nan at iteration 0 (RL update); batch saved to {dump}"
+    assert str(err.value) == f"non-finite loss nan at iteration 0 (RL update); dumped to {dump}"
     assert dump.exists()
     assert latest_checkpoint(tmp_path / "nan") is None
