@@ -2,6 +2,10 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are
 imported only when their command runs, so ``agentropy play`` never imports torch.
+
+A :class:`~agentropy.errors.UserError` (a bad config, a reused run folder, a NaN with its dump
+file) is printed as its message alone, without a traceback, and sets the exit code (2 for
+usage errors); ``agentropy --debug COMMAND`` shows the traceback as well.
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+
+from agentropy.errors import UserError
 
 #: command name -> (module under agentropy.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentropy", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of configuration and usage errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -45,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
-    return int(args._module.run(args) or 0)
+    try:
+        return int(args._module.run(args) or 0)
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_unknown_field_names_field_and_file(tmp_path):
     path = write(tmp_path, "bad.yaml", "inner:\n  lrr: 0.1\n")
     with pytest.raises(ConfigError) as err:
         load(Outer, path)
-    assert "bad.yaml" in str(err.value) and "inner.'lrr'" in str(err.value).replace('"', "'")
+    assert str(err.value) == f"{path}: inner.lrr: unknown field (did you mean 'lr'?)"
 
 
 def test_ill_typed_field_names_path(tmp_path):

@@ -15,11 +15,20 @@ Concurrency. Requests are parsed on their own threads (``ThreadingHTTPServer``) 
 is serialised by a lock: one model, one forward at a time, and a request's ``seed`` gives the
 same completions whatever else the server is doing. Choices of a request with several prompts
 or ``n > 1`` come back prompt-major (index ``prompt * n + j``), as vLLM orders them.
+
+Robustness, to the search service's standard: an accept backlog of 256 so a burst of clients is
+never reset, every bad request (a body that is not UTF-8 or not JSON, ``NaN`` or ``Infinity``
+anywhere, out-of-range numbers) a 4xx with a JSON error body, and quiet logs: a client that
+hangs up or leaves a connection half-open costs a thread for at most ``REQUEST_TIMEOUT_S``
+and no traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -30,6 +39,7 @@ from typing import Any
 from agentropy.agents.backends.base import Completion, SamplingParams
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+REQUEST_TIMEOUT_S = 60.0
 TOKEN_ID_PREFIX = "token_id:"
 
 
@@ -84,6 +94,8 @@ def _float_field(body: dict[str, Any], name: str, default: float) -> float:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(400, f"`{name}` must be a number, got {value!r}", name)
+    if not math.isfinite(value):
+        raise RequestError(400, f"`{name}` must be a finite number, got {value!r}", name)
     return float(value)
 
 
@@ -274,10 +286,28 @@ def models_list(served: ServedModel) -> dict[str, Any]:
     }
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON, or a 400: not UTF-8, not JSON, or holding ``NaN``/``Infinity``
+    (Python's ``json`` accepts those literals; no JSON client sends them on purpose)."""
+    try:
+        text = raw.decode("utf-8") if raw else "null"
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the request body is not UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise RequestError(400, f"the request body is not valid JSON: {exc}") from None
+
+
 def _handler_class(served: ServedModel, verbose: bool) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, so clients can pool connections
         server_version = "agentropy-serve-model"
+        timeout = REQUEST_TIMEOUT_S  # a half-open connection frees its thread after this long
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
@@ -314,16 +344,14 @@ def _handler_class(served: ServedModel, verbose: bool) -> type[BaseHTTPRequestHa
                 )
                 return
             raw = self.rfile.read(length)
+            if len(raw) < length:  # the client hung up mid-body: nobody to answer
+                self.close_connection = True
+                return
             if path not in ("/v1/completions", "/completions"):
                 self._error(RequestError(404, f"no route POST {self.path}"))
                 return
             try:
-                body = json.loads(raw or b"null")
-            except json.JSONDecodeError as exc:
-                self._error(RequestError(400, f"the request body is not valid JSON: {exc}"))
-                return
-            try:
-                self._send(200, complete(served, body))
+                self._send(200, complete(served, parse_body(raw)))
             except RequestError as exc:
                 self._error(exc)
             except Exception as exc:  # a bug or an OOM must not kill the server thread silently
@@ -340,9 +368,28 @@ def make_server(
     served: ServedModel, host: str = "127.0.0.1", port: int = 0, verbose: bool = False
 ) -> ThreadingHTTPServer:
     """Bind (``port=0``: a free port) without serving yet; ``server.server_address`` has the port."""
-    server = ThreadingHTTPServer((host, port), _handler_class(served, verbose))
-    server.daemon_threads = True
-    return server
+    return ModelServer((host, port), _handler_class(served, verbose), verbose=verbose)
+
+
+class ModelServer(ThreadingHTTPServer):
+    """A thread per connection, a deep accept backlog, and no tracebacks for clients that go away."""
+
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], verbose: bool = False) -> None:
+        self.verbose = verbose
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A reset, a broken pipe or a timed-out half-open connection is the client's business:
+        one line when verbose, else nothing. Anything else is a bug and keeps its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, socket.timeout, TimeoutError)):
+            if self.verbose:
+                print(f"serve-model: {client_address[0]}: {type(exc).__name__}", file=sys.stderr)
+            return
+        super().handle_error(request, client_address)
 
 
 def server_url(server: ThreadingHTTPServer) -> str:

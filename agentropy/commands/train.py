@@ -4,7 +4,9 @@
     agentropy train --resume runs/my_run
 
 Overrides are ``key.sub=value`` (YAML values). ``--resume RUN_DIR`` continues a run from its
-last checkpoint with the config saved in the run folder.
+last checkpoint with the config saved in the run folder, after checking that the checkpoint was
+written with that config. A fresh run refuses a folder that already holds a run unless
+``--overwrite`` is given. Every config problem is reported before any heavy work starts.
 """
 
 from __future__ import annotations
@@ -12,33 +14,62 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run folder of run.name first if it holds an earlier run")
+
+
+def _check_model_path(cfg: Any, source: str) -> None:
+    """A ``model.path`` that does not exist is a config problem: say so before anything starts
+    (the dataclass cannot check it: bench configs name a model folder before it is built)."""
+    from agentropy.configuration import ConfigError
+
+    if cfg.model.path and not Path(cfg.model.path).expanduser().exists():
+        raise ConfigError(f"no such checkpoint folder: {cfg.model.path}", field="model.path", source=source)
 
 
 def run(args: argparse.Namespace) -> int:
+    from agentropy.configuration import to_dict
+    from agentropy.errors import UsageError
+    from agentropy.training import run_folder
     from agentropy.training.config import load_config
-    from agentropy.training.trainer import train
 
     overrides = list(args.overrides)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate, rank 0 owns the folder
     if args.resume:
+        if args.overwrite:
+            raise UsageError("agentropy train: --resume and --overwrite exclude each other")
         run_dir = Path(args.resume)
         if args.config and "=" in args.config:
             overrides.insert(0, args.config)
+        elif args.config:
+            raise UsageError(f"agentropy train: --resume takes the config saved in {run_dir}, not {args.config}")
+        if not (run_dir / "config.yaml").is_file():
+            raise run_folder.RunFolderError(f"{run_dir}: not a run folder (no config.yaml)")
         overrides.insert(0, "train.stop_after=null")  # the saved config may hold the interruption point
         cfg = load_config(run_dir / "config.yaml", overrides)
+        _check_model_path(cfg, str(run_dir / "config.yaml"))
         if cfg.run.dir.resolve() != run_dir.resolve():
             cfg.run.root, cfg.run.name = str(run_dir.parent), run_dir.name
-        result = train(cfg, resume=True)
+        run_folder.check_resume(run_dir, to_dict(cfg))
     else:
         if not args.config:
-            raise SystemExit("agentropy train: give a CONFIG file or --resume RUN_DIR")
-        result = train(load_config(args.config, overrides))
-    if int(os.environ.get("RANK", "0")) != 0:
+            raise UsageError("agentropy train: give a CONFIG file or --resume RUN_DIR")
+        cfg = load_config(args.config, overrides)
+        _check_model_path(cfg, args.config)
+        if main_process:
+            run_folder.check_fresh_start(cfg.run.dir, args.overwrite)
+
+    from agentropy.training.trainer import train  # torch, transformers: only once the config is sound
+
+    result = train(cfg, resume=bool(args.resume))
+    if not main_process:
         return 0  # under accelerate / torchrun only the main process reports
     from agentropy.evals.report import write_run_report
 

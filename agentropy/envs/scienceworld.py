@@ -421,7 +421,9 @@ class ScienceWorldEnv(gym.Env[str, str]):
             raise RuntimeError("call reset() before step()")
         from py4j.protocol import Py4JError, Py4JJavaError
 
-        command = " ".join(str(action).split())
+        # clean_text: a lone surrogate or other foreign char cannot cross the JVM bridge (py4j
+        # fails to encode it, and the episode would end as a simulator crash); it becomes "?".
+        command = " ".join(clean_text(str(action)).split())
         self._steps += 1
         try:
             try:

@@ -178,7 +178,9 @@ class TextWorldExpressEnv(gym.Env[str, str]):
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self._sim is None or not self._infos:
             raise RuntimeError("call reset() before step()")
-        command = " ".join(str(action).split())
+        # clean_text: a lone surrogate or other foreign char cannot cross the JVM bridge (py4j
+        # fails to encode it, and the episode would end as a simulator crash); it becomes "?".
+        command = " ".join(clean_text(str(action)).split())
         invalid = command not in self._infos["validActions"]
         if self._on_gold and not (self._steps < len(self._gold) and command == self._gold[self._steps]):
             self._on_gold = False

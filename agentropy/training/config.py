@@ -1,19 +1,31 @@
 """The experiment config: one dataclass tree, loaded from YAML by :mod:`agentropy.configuration`.
 
 Every field has a default and a one-line comment; ``configs/`` holds ready-made files
-(``quickstart.yaml``, per-env, per-strategy, bench). Unknown or ill-typed keys fail at load
-time, naming the field and the file.
+(``quickstart.yaml``, per-env, per-strategy, bench). Unknown or ill-typed keys, numbers out of
+range and unknown env ids fail at load time, naming the file and the field, so that nothing
+heavy (tiny-model build, SFT, env start) runs on a config that cannot work.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from agentropy.agents.prompts import PromptConfig
 from agentropy.agents.tiny import TinyModelConfig
-from agentropy.configuration import ConfigError, load
+from agentropy.configuration import (
+    Bound,
+    ConfigError,
+    ConfigIssue,
+    above,
+    at_least,
+    between,
+    check_bounds,
+    load,
+)
+from agentropy.training.env_check import env_id_problem
 from agentropy.training.rollout import RolloutConfig
 from agentropy.training.sft import SFTConfig
 from agentropy.training.strategy_config import StrategyConfig
@@ -30,9 +42,31 @@ class RunConfig:
     save_trajectories: bool = True  # write each iteration's trajectories as JSONL
     progress: bool = True  # rich progress bars
 
+    def __post_init__(self) -> None:
+        extra = []
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name:
+            extra.append(ConfigIssue("name", f"must be a plain folder name, got {self.name!r}"))
+        if not self.root:
+            extra.append(ConfigIssue("root", "must not be empty"))
+        check_bounds(self, {"seed": between(0, 2**31 - 1)}, extra)
+
     @property
     def dir(self) -> Path:
         return Path(self.root) / self.name
+
+
+#: The tiny model's sizes (its dataclass lives with the model; the checks live with the config).
+TINY_BOUNDS: dict[str, Bound] = {
+    "tiny.vocab_size": at_least(64),
+    "tiny.hidden_size": at_least(1),
+    "tiny.intermediate_size": at_least(1),
+    "tiny.num_hidden_layers": at_least(1),
+    "tiny.num_attention_heads": at_least(1),
+    "tiny.num_key_value_heads": at_least(1),
+    "tiny.max_position_embeddings": at_least(16),
+    "tiny.episodes_per_env": at_least(1),
+    "tiny.max_episode_steps": at_least(1),
+}
 
 
 @dataclass
@@ -48,6 +82,23 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # learner dtype
 
+    def __post_init__(self) -> None:
+        extra = []
+        if self.backend == "openai" and not self.openai_url:
+            extra.append(ConfigIssue("openai_url", "must be set when model.backend is 'openai'"))
+        if self.openai_url and not self.openai_url.startswith(("http://", "https://")):
+            extra.append(ConfigIssue("openai_url", f"must start with http:// or https://, got {self.openai_url!r}"))
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            extra.append(ConfigIssue("device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}"))
+        tiny = self.tiny
+        if tiny.num_attention_heads >= 1 and tiny.hidden_size % tiny.num_attention_heads:
+            extra.append(ConfigIssue("tiny.hidden_size", f"must be a multiple of num_attention_heads "
+                                     f"({tiny.num_attention_heads}), got {tiny.hidden_size}"))
+        if tiny.num_key_value_heads >= 1 and tiny.num_attention_heads % tiny.num_key_value_heads:
+            extra.append(ConfigIssue("tiny.num_attention_heads", f"must be a multiple of num_key_value_heads "
+                                     f"({tiny.num_key_value_heads}), got {tiny.num_attention_heads}"))
+        check_bounds(self, {"tiny_seed": between(0, 2**31 - 1), **TINY_BOUNDS}, extra)
+
 
 @dataclass
 class EnvConfig:
@@ -57,6 +108,11 @@ class EnvConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # constructor keyword arguments
     train_split: str = "train"  # split used for rollouts and SFT demos
     test_split: str = "test"  # held-out split used for evaluation
+
+    def __post_init__(self) -> None:
+        problem = env_id_problem(self.id)
+        if problem:
+            raise ConfigError(problem, field="id")
 
 
 @dataclass
@@ -76,6 +132,14 @@ class TrainConfig:
     recompute_old: Literal["auto", "always"] = "auto"  # auto: reuse the sampler's exact log-probs/entropies as pi_old when they are exact
     stop_after: int | None = None  # stop (as if interrupted) after this many iterations; --resume continues
 
+    def __post_init__(self) -> None:
+        check_bounds(self, {
+            "iterations": at_least(0), "lr": above(0), "weight_decay": at_least(0),
+            "warmup_iterations": at_least(0), "ppo_epochs": at_least(1), "mini_batches": at_least(1),
+            "micro_batch_size": at_least(1), "max_grad_norm": above(0), "checkpoint_every": at_least(0),
+            "keep_checkpoints": at_least(1), "stop_after": at_least(1, optional=True),
+        })
+
 
 @dataclass
 class EvalConfig:
@@ -86,6 +150,10 @@ class EvalConfig:
     temperature: float = 0.0  # 0 = greedy
     samples: int = 1  # episodes per task; pass@k uses k <= samples
     seed_offset: int = 1_000_000  # test task seeds are seed_offset + i
+
+    def __post_init__(self) -> None:
+        check_bounds(self, {"every": at_least(0), "episodes": at_least(1), "temperature": at_least(0),
+                            "samples": at_least(1), "seed_offset": at_least(0)})
 
 
 @dataclass
@@ -102,12 +170,28 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
+    def __post_init__(self) -> None:
+        """Checks that span sections (each section checks its own fields)."""
+        issues = []
+        tiny = self.model.tiny
+        needed = self.prompt.max_prompt_tokens + self.rollout.max_tokens
+        if not self.model.path and tiny.max_position_embeddings < needed:
+            issues.append(ConfigIssue("model.tiny.max_position_embeddings", (
+                f"must cover prompt.max_prompt_tokens + rollout.max_tokens ({needed}), "
+                f"got {tiny.max_position_embeddings}")))
+        try:
+            self.strategy.validate()
+        except ConfigError as exc:
+            issues.extend(exc.within("strategy").issues)
+        except ValueError as exc:  # "invalid strategy config:\n  problem\n  problem": one issue each
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            problems = lines[1:] if len(lines) > 1 and lines[0].endswith(":") else [" ".join(lines)]
+            issues.extend(ConfigIssue("strategy", problem) for problem in problems)
+        if issues:
+            raise ConfigError(issues)
+
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load and validate a config (file + ``key.sub=value`` overrides)."""
-    cfg = load(Config, path, overrides)
-    try:
-        cfg.strategy.validate()
-    except ValueError as exc:
-        raise ConfigError(f"{path}: strategy: {exc}") from None
-    return cfg
+    """Load and validate a config (file + ``key.sub=value`` overrides); raises one
+    :class:`ConfigError` listing every problem found."""
+    return load(Config, path, overrides)

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from agentropy.nonfinite import require_finite
+
 
 def mini_batches(n: int, count: int, generator: torch.Generator) -> list[list[int]]:
     """``count`` mini-batches of a random permutation of ``n`` rows (strided, so sizes differ by at most 1)."""
@@ -24,3 +26,17 @@ def micro_weight(agg: str, mask: torch.Tensor, rows: int, mini_tokens: float, mi
     if agg == "token-mean":
         return float(mask.sum()) / mini_tokens
     return rows / max(mini_rows, 1)
+
+
+def guarded_step(accelerator: Any, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float,
+                 where: str, iteration: int) -> float:
+    """Clip the gradients and step, unless the gradient norm is NaN/inf.
+
+    ``clip_grad_norm_`` returns a non-finite norm when any gradient is; stepping then would write
+    NaN into the weights (and AdamW's moments), so :class:`~agentropy.nonfinite.NonFiniteError`
+    is raised first, naming ``where`` (e.g. ``"rl mini-batch 2/2"``, ``"replay"``) and the
+    iteration. Returns the norm before clipping."""
+    norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
+    require_finite(norm, "gradient norm", where=where, iteration=iteration)
+    optimizer.step()
+    return norm

@@ -22,7 +22,7 @@ the advantage pipeline and of every batch statistic; the loss gets them as ``exe
 
 from __future__ import annotations
 
-import math
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,17 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from agentropy.nonfinite import NonFiniteError, require_finite
 from agentropy.training import methods
 from agentropy.training.entropy import EntropyHistory
-from agentropy.training.minibatch import micro_weight, mini_batches, take
+from agentropy.training.minibatch import guarded_step, micro_weight, mini_batches, take
 from agentropy.training.policy import PackedBatch, reply_logprobs_and_entropy
+from agentropy.training.snapshot import TrainingSnapshot
 from agentropy.training.step_samples import StepSamples, gather_samples
 from agentropy.training.trajectory import Trajectory
 from agentropy.training.update_hooks import MicroBatch, MiniBatch, UpdateContext
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a loss or gradient is NaN/inf; the trainer saves the batch in the run folder."""
 
 
 @dataclass
@@ -143,7 +141,39 @@ def iteration_update(
 
     ``regularization``: extra episodes the trainer collected for a method (sampled at another
     temperature), handed to the methods' ``select_batch`` hooks.
+
+    Non-finite values never reach the weights: every loss and gradient norm is checked before
+    its optimizer step, and when an iteration steps more than once (several mini-batches or
+    epochs, a method's extra steps) and a later step fails, the weights, the optimizer and the
+    update state go back to where the iteration started before the error propagates.
     """
+    steps = cfg.train.ppo_epochs * max(1, cfg.train.mini_batches)
+    several = steps > 1 or any(m.after_on_policy is not None for m in methods.enabled_methods(cfg.strategy))
+    snapshot = TrainingSnapshot.take(policy, optimizer) if several else None
+    state_before = copy.deepcopy(state.state_dict()) if several else None
+    try:
+        return _update(model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, state,
+                       regularization)
+    except NonFiniteError:
+        if snapshot is not None:
+            snapshot.restore(policy, optimizer)
+            state.load_state_dict(state_before)
+        raise
+
+
+def _update(
+    model: torch.nn.Module,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Any,
+    tokenizer: Any,
+    trajectories: list[Trajectory],
+    cfg: Any,
+    iteration: int,
+    state: UpdateState,
+    regularization: list[Trajectory] | None = None,
+) -> dict[str, float]:
+    """The update's numbered steps (see the module docstring)."""
     train = cfg.train
     active = methods.enabled_methods(cfg.strategy)
 
@@ -227,8 +257,11 @@ def iteration_update(
     tokens = int(mask.sum().item())
     agg = cfg.strategy.policy_loss.agg
     needs_logits = any(m.needs_logits for m in active)
+    steps, step = train.ppo_epochs * max(1, train.mini_batches), 0
     for _epoch in range(train.ppo_epochs):
         for rows in mini_batches(n, train.mini_batches, ctx.generator):
+            step += 1
+            where = f"rl mini-batch {step}/{steps}"
             if not rows:
                 continue
             total_tokens = float(mask[rows].sum().clamp(min=1.0))
@@ -275,16 +308,11 @@ def iteration_update(
                         scaled = scaled + term
                 for end in hooks("micro_batch_end"):
                     end(ctx, mini, mb)
-                if not torch.isfinite(scaled):
-                    raise NonFiniteLossError(f"non-finite loss {scaled.item()} at iteration {iteration}")
+                require_finite(scaled, "loss", where=where, iteration=iteration)
                 accelerator.backward(scaled)
                 losses_seen.append(scaled.item())
                 micro_stats.append(mb.stats)
-            norm = float(accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm))
-            if not math.isfinite(norm):
-                raise NonFiniteLossError(f"non-finite gradient norm at iteration {iteration}")
-            grad_norms.append(norm)
-            optimizer.step()
+            grad_norms.append(guarded_step(accelerator, model, optimizer, train.max_grad_norm, where, iteration))
 
     # 8. Extra optimizer steps of the methods (main rows only).
     for after in hooks("after_on_policy"):

@@ -10,14 +10,18 @@ Each turn becomes one sample exactly as in RL: the rendered prompt, then the rep
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from agentropy.agents.prompts import PromptConfig, Turn, build_prompt_ids
+from agentropy.configuration import above, at_least, between, check_bounds
 from agentropy.envs.registry import make_env
+from agentropy.nonfinite import NonFiniteError, require_finite
 
 
 @dataclass
@@ -34,6 +38,13 @@ class SFTConfig:
     seed: int = 0  # seeds task sampling and noise
     weight_decay: float = 0.0  # AdamW weight decay
     prompt_loss_weight: float = 0.0  # weight of next-token loss on prompt tokens (0 = replies only, as TRL's completion-only loss)
+
+    def __post_init__(self) -> None:
+        check_bounds(self, {
+            "episodes": at_least(1), "epochs": at_least(1), "lr": above(0), "batch_size": at_least(1),
+            "action_noise": between(0, 1), "max_turns": at_least(1), "seed": between(0, 2**31 - 1),
+            "weight_decay": at_least(0), "prompt_loss_weight": at_least(0),
+        })
 
 
 def format_reply(action: str, tag: str = "action") -> str:
@@ -125,6 +136,14 @@ def sft_loss(
     return loss
 
 
+def _dump_sft_batch(folder: Path, step: int, batch: list[tuple[list[int], list[int]]]) -> Path:
+    """Save the token ids of the batch SFT refused, to replay it by hand."""
+    path = folder / f"nonfinite_sft_step_{step:06d}.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"prompt_ids": p, "reply_ids": r} for p, r in batch]) + "\n", encoding="utf-8")
+    return path
+
+
 def train_sft(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -132,8 +151,12 @@ def train_sft(
     cfg: SFTConfig,
     accelerator: Any = None,
     progress: Any = None,
+    dump_dir: str | Path | None = None,
 ) -> dict[str, float]:
-    """Fit ``model`` to the demonstration pairs; returns the final mean loss and step count."""
+    """Fit ``model`` to the demonstration pairs; returns the final mean loss and step count.
+
+    A non-finite loss or gradient norm stops SFT *before* that step changes the weights, with a
+    :class:`NonFiniteError` naming the step (and, with ``dump_dir``, the file holding the batch)."""
     if not pairs:
         raise ValueError("SFT got no demonstrations: does the env report info['expert_action']?")
     device = next(model.parameters()).device
@@ -151,11 +174,19 @@ def train_sft(
             batch = [pairs[i] for i in order[start : start + cfg.batch_size]]
             loss = sft_loss(model, *_pad_batch(batch, pad_id, device), cfg.prompt_loss_weight)
             optimizer.zero_grad(set_to_none=True)
-            if accelerator is not None:
-                accelerator.backward(loss)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            try:
+                require_finite(loss, "loss", where="sft", step=len(losses))
+                if accelerator is not None:
+                    accelerator.backward(loss)
+                else:
+                    loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                require_finite(norm, "gradient norm", where="sft", step=len(losses))
+            except NonFiniteError as exc:
+                optimizer.zero_grad(set_to_none=True)
+                if dump_dir is not None:
+                    exc.dump = _dump_sft_batch(Path(dump_dir), len(losses), batch)
+                raise
             optimizer.step()
             losses.append(loss.item())
             if task is not None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from agentropy.configuration import save as save_config
+from agentropy.configuration import to_dict
 from agentropy.training import checkpoint as ckpt
 from agentropy.training.config import Config
 from agentropy.training.evaluation import evaluate_policy
@@ -34,8 +35,10 @@ from agentropy.training.methods.arbepo import (
     select_regularization_tasks,
 )
 from agentropy.training.model_setup import build_backend, load_policy, resolve_device
-from agentropy.training.policy_update import NonFiniteLossError, UpdateState, iteration_update
+from agentropy.nonfinite import NonFiniteError, nonfinite_tensors
+from agentropy.training.policy_update import UpdateState, iteration_update
 from agentropy.training.rollout import TaskSpec, collect, resolve_config, run_seed, shared_pool
+from agentropy.training.run_folder import run_identity, start_run
 from agentropy.training.run_log import RunLog
 from agentropy.training.sft import collect_demonstrations, train_sft
 from agentropy.training.trajectory import Trajectory, write_jsonl
@@ -77,13 +80,14 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
     run_dir = cfg.run.dir
     seed_everything(cfg.run.seed + rank)
 
-    state_ckpt = ckpt.latest_checkpoint(run_dir) if resume else None
+    run_id = run_identity(run_dir) if resume else None
+    state_ckpt = ckpt.latest_checkpoint(run_dir, run_id) if resume else None
     if resume and state_ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = run_id if resume else start_run(run_dir)  # a fresh run: a new identity, a new metrics file
         save_config(cfg, run_dir / "config.yaml")
-    log = RunLog(run_dir, tensorboard=cfg.run.tensorboard and main) if main else None
+    log = RunLog(run_dir, tensorboard=cfg.run.tensorboard and main, fresh=not resume) if main else None
 
     with accelerator.main_process_first():  # the main process builds the tiny model; the others then load it
         model, tokenizer = load_policy(cfg.model, device=accelerator.device)
@@ -112,7 +116,7 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             pairs, demo_stats = collect_demonstrations(
                 cfg.env.id, cfg.env.kwargs, tokenizer, cfg.prompt, cfg.sft, cfg.env.train_split
             )
-            stats = train_sft(model, tokenizer, pairs, cfg.sft, progress=progress)
+            stats = train_sft(model, tokenizer, pairs, cfg.sft, progress=progress, dump_dir=run_dir if main else None)
             if log is not None:
                 log.log(-1, "sft", {**demo_stats, **stats})
 
@@ -132,7 +136,11 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             t0 = time.perf_counter()
             backend.sync_weights(policy)
             tasks = train_tasks(cfg, iteration, rank, world)
-            trajectories, rollout_stats = collect_training_episodes(backend, tokenizer, cfg, tasks, iteration)
+            try:
+                trajectories, rollout_stats = collect_training_episodes(backend, tokenizer, cfg, tasks, iteration)
+            except NonFiniteError as exc:  # NaN logits: say which weights are NaN, if any
+                raise _with_dump(exc, iteration, "sampler", run_dir / f"nonfinite_sampler_iter_{iteration:06d}.json",
+                                 lambda path: _dump_weight_report(policy, path), main) from None
             regularization = None
             if cfg.strategy.arbepo.enabled:
                 regularization, reg_stats = collect_regularization(
@@ -147,10 +155,9 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                     model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, update_state,
                     regularization=regularization,
                 )
-            except NonFiniteLossError:
-                if main:
-                    write_jsonl(trajectories, run_dir / f"nonfinite_batch_iter_{iteration:06d}.jsonl")
-                raise
+            except NonFiniteError as exc:
+                raise _with_dump(exc, iteration, "RL update", run_dir / f"nonfinite_batch_iter_{iteration:06d}.jsonl",
+                                 lambda path, t=trajectories: write_jsonl(t, path), main) from None
             scheduler.step()
             elapsed = time.perf_counter() - t0
             metrics = _reduce_train(accelerator, {**rollout_stats, **update_stats, "time_s": elapsed,
@@ -171,7 +178,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
             if last or interrupted or (
                 cfg.train.checkpoint_every and (iteration + 1) % cfg.train.checkpoint_every == 0
             ):
-                _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg)
+                _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg,
+                      run_id)
             if interrupted:
                 if log is not None:
                     log.close()
@@ -228,12 +236,34 @@ def collect_regularization(backend: Any, tokenizer: Any, cfg: Config, tasks: lis
     }
 
 
-def _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg) -> None:
+def _save(accelerator, run_dir, iteration, policy, optimizer, scheduler, update_state, sft_success, cfg,
+          run_id=None) -> None:
     rng_states = accelerator.gather_for_metrics([ckpt.rng_state()], use_gather_object=True)
     if accelerator.is_main_process:
         extra = {"update_state": update_state.state_dict(), "rng_by_rank": rng_states, "sft_success": sft_success}
-        ckpt.save_checkpoint(run_dir, iteration, policy, optimizer, scheduler, extra, keep=cfg.train.keep_checkpoints)
+        ckpt.save_checkpoint(run_dir, iteration, policy, optimizer, scheduler, extra, keep=cfg.train.keep_checkpoints,
+                             run_id=run_id, config=to_dict(cfg))
     accelerator.wait_for_everyone()
+
+
+def _with_dump(exc: NonFiniteError, iteration: int, where: str, path: Path, write: Any, main: bool) -> NonFiniteError:
+    """``exc`` with the iteration, the path and the dump file (written by ``write(path)`` on the
+    main process) filled in, so the user's one line says where to look."""
+    exc.iteration = iteration if exc.iteration is None else exc.iteration
+    exc.where = exc.where or where
+    if main:
+        write(path)
+        exc.dump = path
+    return exc
+
+
+def _dump_weight_report(model: torch.nn.Module, path: Path) -> None:
+    """Which parameters are non-finite: tells a NaN in the weights from a NaN in the inputs."""
+    import json
+
+    bad = nonfinite_tensors(model.state_dict().items())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"nonfinite_parameters": bad}, indent=1) + "\n", encoding="utf-8")
 
 
 def _reduce_eval(accelerator, report: dict[str, Any]) -> dict[str, Any]:

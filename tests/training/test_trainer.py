@@ -80,7 +80,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny_dir):
 
 def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
     from agentropy.training import methods
-    from agentropy.training.policy_update import NonFiniteLossError
+    from agentropy.nonfinite import NonFiniteError
 
     real = methods.policy_loss
 
@@ -90,7 +90,9 @@ def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
 
     monkeypatch.setattr(methods, "policy_loss", poisoned)
     cfg = small_config(tmp_path, "nan", tiny_dir, ["train.iterations=1", "sft.enabled=false"])
-    with pytest.raises(NonFiniteLossError):
+    with pytest.raises(NonFiniteError) as err:
         train(cfg)
-    assert (tmp_path / "nan" / "nonfinite_batch_iter_000000.jsonl").exists()
+    dump = tmp_path / "nan" / "nonfinite_batch_iter_000000.jsonl"
+    assert str(err.value) == f"non-finite loss (nan) in rl mini-batch 1/2 (iteration 0); dumped to {dump}"
+    assert dump.exists()
     assert latest_checkpoint(tmp_path / "nan") is None

@@ -70,6 +70,17 @@ def _entropy(logp: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).nansum(dim=-1)
 
 
+def _check_logits(logp: torch.Tensor, step: int) -> None:
+    """Refuse NaN log-probs (NaN or +inf logits, or a row of -inf): sampling from them would
+    return an out-of-range token id and fail later with an index error that never says NaN."""
+    if bool(torch.isnan(logp).any()):
+        from agentropy.nonfinite import NonFiniteError
+
+        rows = torch.isnan(logp).any(dim=-1).nonzero().flatten().tolist()
+        raise NonFiniteError(f"non-finite logits (NaN) at generation step {step} in rows {rows[:5]}",
+                             where="sampler")
+
+
 def _sample(
     logp: torch.Tensor, temperature: float, top_p: float, uniform: torch.Tensor | None
 ) -> torch.Tensor:
@@ -225,6 +236,7 @@ class HFBackend:
 
         for t in range(steps):
             logp = _log_softmax(logits, temperature)
+            _check_logits(logp, t)
             uniform = None
             if temperature > 0:
                 uniform = torch.rand(rows, generator=generator, device=device)

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agentropy.nonfinite import require_finite
 from agentropy.training.entropy import IdsLike, group_index
 from agentropy.training.losses import Stats, clipped_surrogate
 from agentropy.training.methods.clip_cov import clip_cov_mask
-from agentropy.training.minibatch import micro_weight, mini_batches, take
+from agentropy.training.minibatch import guarded_step, micro_weight, mini_batches, take
 from agentropy.training.policy import pack, reply_logprobs_and_entropy
 from agentropy.training.strategy_config import SPEARConfig
 from agentropy.training.update_hooks import Method
@@ -483,9 +484,10 @@ def _replay_update(ctx: Any) -> None:
                 pl.dual_clip, pl.agg, clip_cov=spear.replay_clip_cov, clip_cov_ratio=spear.replay_clip_cov_ratio,
                 clip_cov_lb=spear.replay_clip_cov_lb, clip_cov_ub=spear.replay_clip_cov_ub, generator=generator,
             )
-            accelerator.backward(weight * loss * micro_weight(pl.agg, m, len(idx), total_tokens, len(chunk)))
-        accelerator.clip_grad_norm_(model.parameters(), train.max_grad_norm)
-        optimizer.step()
+            scaled = weight * loss * micro_weight(pl.agg, m, len(idx), total_tokens, len(chunk))
+            require_finite(scaled, "loss", where="replay", iteration=ctx.iteration)
+            accelerator.backward(scaled)
+        guarded_step(accelerator, model, optimizer, train.max_grad_norm, "replay", ctx.iteration)
 
 
 METHOD = Method(

@@ -1,0 +1,104 @@
+"""One run per run folder: refuse to mix runs, and resume only the run that wrote the checkpoint.
+
+Re-running ``train`` with the ``run.name`` of an earlier run used to append to its
+``metrics.jsonl`` and let the old run's checkpoints survive pruning. Now a fresh run in a
+folder that already holds a run is refused (unless ``--overwrite``), every run gets an
+identity (``run.json``: a random id) that its checkpoints carry, and ``--resume`` checks that
+the checkpoint was written with this config, naming the fields that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from agentropy.errors import UsageError
+from agentropy.training import checkpoint as ckpt
+
+RUN_FILE = "run.json"
+
+#: Fields a resumed run may change: where the folder is, how long to go on, how often to save,
+#: how it is displayed, and where envs run. Anything else would silently change the experiment.
+RESUME_MAY_CHANGE = frozenset({
+    "run.root", "run.name", "run.progress", "run.tensorboard", "run.save_trajectories",
+    "train.iterations", "train.stop_after", "train.checkpoint_every", "train.keep_checkpoints",
+    "eval.every", "rollout.env_workers", "rollout.num_workers", "rollout.step_timeout_s", "model.device",
+})
+
+#: What a folder holding a run contains (any one of them is enough to refuse a fresh run).
+_RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", RUN_FILE, "final_model")
+
+
+class RunFolderError(UsageError):
+    """A run folder that would mix two runs, or a checkpoint that belongs to another run."""
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in _RUN_MARKERS)
+
+
+def check_fresh_start(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a fresh run in ``run_dir`` if it holds one; with ``overwrite``, delete that run."""
+    if not holds_a_run(run_dir):
+        return
+    if not overwrite:
+        raise RunFolderError(
+            f"{run_dir}: run folder already holds a run; continue it with --resume {run_dir}, "
+            "replace it with --overwrite, or choose another run.name"
+        )
+    shutil.rmtree(run_dir)
+
+
+def start_run(run_dir: Path) -> str:
+    """Give a fresh run its identity (written to ``run.json``) and return it."""
+    run_id = uuid.uuid4().hex
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+    return run_id
+
+
+def run_identity(run_dir: Path) -> str | None:
+    """The identity of the run in ``run_dir`` (``None`` for folders written before identities)."""
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``field: saved -> current`` for every field outside :data:`RESUME_MAY_CHANGE` that differs."""
+    old, new = _flatten(json.loads(json.dumps(saved, default=str))), _flatten(json.loads(json.dumps(current, default=str)))
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key in RESUME_MAY_CHANGE or old.get(key) == new.get(key):
+            continue
+        diffs.append(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
+    return diffs
+
+
+def check_resume(run_dir: Path, config: dict[str, Any]) -> Path:
+    """The checkpoint ``--resume`` will load; refuse if there is none or it has another config."""
+    if not (run_dir / "config.yaml").is_file():
+        raise RunFolderError(f"{run_dir}: not a run folder (no config.yaml); --resume needs the folder of a run")
+    checkpoint = ckpt.latest_checkpoint(run_dir, run_identity(run_dir))
+    if checkpoint is None:
+        raise RunFolderError(f"{run_dir}: --resume: no checkpoint under {run_dir / 'checkpoints'}")
+    saved = ckpt.checkpoint_meta(checkpoint).get("config")
+    if saved is not None:
+        diffs = config_differences(saved, config)
+        if diffs:
+            shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            raise RunFolderError(f"{checkpoint}: --resume: the checkpoint was written with another config: {shown}")
+    return checkpoint
