@@ -18,10 +18,14 @@ from agentropy.evals.dynamics.common import (
 )
 from agentropy.evals.dynamics.loading import RunData
 from agentropy.evals.dynamics.statistics import (
+    PostObsContrast,
     PostObsCounts,
     Recurrence,
+    change_before_spike_vs_any,
     collapse_signals,
+    collapsed,
     cumulative_drift,
+    drift_vs_noise,
     entropy_decline,
     entropy_map,
     fit_exp_law,
@@ -30,6 +34,10 @@ from agentropy.evals.dynamics.statistics import (
     pool_post_observation,
 )
 from agentropy.evals.dynamics.verdicts import claims_table
+
+#: A run "collapsed" when its mean token entropy fell below this fraction of its first value
+#: (the bench report's definition); the echo-trap statistics are computed only for such runs.
+COLLAPSE_RATIO = 0.5
 
 # ----------------------------------------------------------------------------------------------
 # The analysis: per run, then per strategy
@@ -59,6 +67,12 @@ def analyze_run(run: RunData, options: Options) -> dict[str, Any]:
         {t: h for t, h in it.turn_entropy.items() if it.turn_replies.get(t, 0) >= options.min_turn_replies}
         for it in (last, first)))
     power = fit_power_law(drift)
+    usable = [t for t in first.turn_entropy
+              if min(first.turn_replies.get(t, 0), last.turn_replies.get(t, 0)) >= options.min_turn_replies]
+    vs_noise = drift_vs_noise(first.turn_entropy, last.turn_entropy, first.turn_halves, last.turn_halves, usable)
+    contrast = PostObsContrast()
+    for it in run.iterations.values():
+        contrast.add(it.post_contrast)
 
     post_by_turn: dict[int, PostObsCounts] = defaultdict(PostObsCounts)
     for it in run.iterations.values():
@@ -67,6 +81,8 @@ def analyze_run(run: RunData, options: Options) -> dict[str, Any]:
     post = pool_post_observation(post_by_turn)
 
     signals = collapse_signals(steps, grad, reward_std, entropy, options.window)
+    spike = steps.index(signals.spike_step) if signals.spike_step is not None else -1
+    collapse_event = collapsed(entropy, COLLAPSE_RATIO)
     rep_first = first.repeated / first.replies if first.replies else math.nan
     rep_last = last.repeated / last.replies if last.replies else math.nan
     return {
@@ -75,20 +91,35 @@ def analyze_run(run: RunData, options: Options) -> dict[str, Any]:
         "exp_law": asdict(law),
         "decline": asdict(decline),
         "turn_entropy": {k: run.iterations[k].turn_entropy for k in traj_steps},
-        "drift": {"from_step": traj_steps[0], "at_step": traj_steps[-1], "D": drift.tolist(), **asdict(power)},
+        "drift": {"from_step": traj_steps[0], "at_step": traj_steps[-1], "D": drift.tolist(), **asdict(power),
+                  "excess_mean": vs_noise.mean_excess, "excess_slope": vs_noise.slope, "excess_turns": vs_noise.n,
+                  "excess_by_turn": dict(zip(vs_noise.turns, vs_noise.excess, strict=True))},
         "post_obs": {
             "ratio": post.ratio, "head": post.head_mean, "rest": post.rest_mean,
             "pairs": post.pairs, "short": post.short, "empty": post.empty,
+            "content_log_ratio": contrast.log_ratio, "content_head": contrast.content.head_mean,
+            "content_rest": contrast.content.rest_mean, "content_pairs": contrast.content.pairs,
+            "new_minus_repeat": contrast.new_minus_repeat, "after_new": contrast.head_new_n,
+            "after_repeat": contrast.head_repeat_n,
             "by_turn": {t: {"ratio": c.ratio, "head": c.head_mean, "rest": c.rest_mean, "pairs": c.pairs,
                             "short": c.short, "empty": c.empty} for t, c in sorted(post_by_turn.items())},
         },
         "recurrence": {
             "first": _recurrence_json(first.recurrence), "last": _recurrence_json(last.recurrence),
             "change": last.recurrence.fraction - first.recurrence.fraction,
+            "informative_first": _recurrence_json(first.recurrence_informative),
+            "informative_last": _recurrence_json(last.recurrence_informative),
+            "informative_change": last.recurrence_informative.fraction - first.recurrence_informative.fraction,
             "trajectories_per_group": first.trajectories / first.recurrence.groups if first.recurrence.groups else math.nan,
         },
-        "collapse": {**asdict(signals), "window": options.window},
-        "repeated": {"first": rep_first, "last": rep_last, "change": rep_last - rep_first},
+        "collapse": {**asdict(signals), "window": options.window, "collapsed": collapse_event,
+                     # the echo-trap statistics only where a collapse happened (NaN otherwise)
+                     "d_entropy_excess": change_before_spike_vs_any(entropy, spike, options.window)
+                     if collapse_event else math.nan,
+                     "d_reward_std_excess": change_before_spike_vs_any(reward_std, spike, options.window)
+                     if collapse_event else math.nan},
+        "repeated": {"first": rep_first, "last": rep_last, "change": rep_last - rep_first,
+                     "change_if_collapsed": rep_last - rep_first if collapse_event else math.nan},
         "repeated_rate": [run.iterations[k].repeated / run.iterations[k].replies
                           if k in run.iterations and run.iterations[k].replies else math.nan for k in steps],
     }
@@ -124,9 +155,11 @@ def analyze_strategy(runs: Sequence[RunData], options: Options) -> dict[str, Any
     lengths = {r["run"]: len(r["steps"]) for r in per_run}
     sizes_first: Counter[int] = Counter()
     sizes_last: Counter[int] = Counter()
+    informative_first: Counter[int] = Counter()
     for r in per_run:
         sizes_first.update(r["recurrence"]["first"]["step_group_sizes"])
         sizes_last.update(r["recurrence"]["last"]["step_group_sizes"])
+        informative_first.update(r["recurrence"]["informative_first"]["step_group_sizes"])
     return {
         "runs": [r["run"] for r in per_run],
         "seeds": [r["seed"] for r in per_run],
@@ -141,9 +174,14 @@ def analyze_strategy(runs: Sequence[RunData], options: Options) -> dict[str, Any
         "entropy_by_step": _aligned(per_run, "entropy"),
         "entropy_map": {"turns": emap.turns, "steps": emap.steps, "values": emap.values.tolist(),
                         "n_runs": emap.n_runs.tolist()},
-        "drift": _summaries(per_run, {"p": "drift.p", "c": "drift.c", "r2": "drift.r2"}),
+        "drift": _summaries(per_run, {"p": "drift.p", "c": "drift.c", "r2": "drift.r2",
+                                      "excess": "drift.excess_mean", "slope": "drift.excess_slope"}),
         "post_obs": {
-            **_summaries(per_run, {"ratio": "post_obs.ratio", "head": "post_obs.head", "rest": "post_obs.rest"}),
+            **_summaries(per_run, {"ratio": "post_obs.ratio", "head": "post_obs.head", "rest": "post_obs.rest",
+                                   "log_ratio": "post_obs.content_log_ratio",
+                                   "new_minus_repeat": "post_obs.new_minus_repeat"}),
+            "after_new": sum(r["post_obs"]["after_new"] for r in per_run),
+            "after_repeat": sum(r["post_obs"]["after_repeat"] for r in per_run),
             "pairs": sum(r["post_obs"]["pairs"] for r in per_run),
             "short": sum(r["post_obs"]["short"] for r in per_run),
             "empty": sum(r["post_obs"]["empty"] for r in per_run),
@@ -156,14 +194,23 @@ def analyze_strategy(runs: Sequence[RunData], options: Options) -> dict[str, Any
                                    "change": "recurrence.change",
                                    "size_first": "recurrence.first.mean_step_group_size",
                                    "size_last": "recurrence.last.mean_step_group_size",
-                                   "group_size": "recurrence.trajectories_per_group"}),
+                                   "group_size": "recurrence.trajectories_per_group",
+                                   "informative_first": "recurrence.informative_first.fraction",
+                                   "informative_last": "recurrence.informative_last.fraction",
+                                   "informative_change": "recurrence.informative_change",
+                                   "informative_size_first": "recurrence.informative_first.mean_step_group_size"}),
+            "informative_step_group_sizes_first": dict(sorted(informative_first.items())),
             "step_group_sizes_first": dict(sorted(sizes_first.items())),
             "step_group_sizes_last": dict(sorted(sizes_last.items())),
         },
-        "collapse": _summaries(per_run, {"d_reward_std": "collapse.d_reward_std", "d_entropy": "collapse.d_entropy",
-                                         "spike_ratio": "collapse.spike_ratio"}),
+        "collapse": {**_summaries(per_run, {"d_reward_std": "collapse.d_reward_std", "d_entropy": "collapse.d_entropy",
+                                            "spike_ratio": "collapse.spike_ratio",
+                                            "d_entropy_excess": "collapse.d_entropy_excess",
+                                            "d_reward_std_excess": "collapse.d_reward_std_excess"}),
+                     "collapsed_runs": sum(bool(r["collapse"]["collapsed"]) for r in per_run)},
         "repeated": _summaries(per_run, {"first": "repeated.first", "last": "repeated.last",
-                                         "change": "repeated.change"}),
+                                         "change": "repeated.change",
+                                         "change_if_collapsed": "repeated.change_if_collapsed"}),
     }
 
 

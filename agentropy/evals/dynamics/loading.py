@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,18 @@ from agentropy.evals.dynamics.common import (
     _number,
 )
 from agentropy.evals.dynamics.statistics import (
+    PostObsContrast,
     PostObsCounts,
     Recurrence,
     analysed_steps,
     group_reward_std,
+    informative_recurrence,
     post_observation,
+    post_observation_contrast,
     repeated_output_rate,
     state_recurrence,
     turn_entropy,
+    turn_halves,
 )
 from agentropy.training.run_log import read_metrics
 from agentropy.training.trajectory import Trajectory, read_jsonl
@@ -53,6 +57,9 @@ class IterationStats:
     repeated: int
     replies: int
     trajectories: int
+    turn_halves: dict[int, tuple[float, int, float, int]] = field(default_factory=dict)  # noise floor of H_t
+    post_contrast: PostObsContrast = field(default_factory=PostObsContrast)  # content tokens, new vs repeated obs
+    recurrence_informative: Recurrence = field(default_factory=Recurrence)  # without initial state and no-ops
 
 
 def iteration_stats(iteration: int, trajectories: Sequence[Trajectory], n_head: int) -> IterationStats:
@@ -72,6 +79,9 @@ def iteration_stats(iteration: int, trajectories: Sequence[Trajectory], n_head: 
         repeated=repeated,
         replies=replies,
         trajectories=len(trajs),
+        turn_halves=turn_halves(trajs),
+        post_contrast=post_observation_contrast(trajs, n_head),
+        recurrence_informative=informative_recurrence(trajs),
     )
 
 

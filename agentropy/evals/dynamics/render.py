@@ -87,6 +87,10 @@ def _per_run_table(strategies: Mapping[str, Mapping[str, Any]], columns: Sequenc
     return lines
 
 
+def _sizes(sizes: Mapping[Any, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(sizes.items(), key=lambda kv: int(kv[0]))) or "none"
+
+
 def write_dynamics(result: Mapping[str, Any], out_dir: str | Path, command: str = "") -> dict[str, Path]:
     """Write ``dynamics.json`` (every number), the PNGs and ``dynamics.md`` (claims table first)."""
     from datetime import datetime, timezone
@@ -129,13 +133,16 @@ def write_dynamics(result: Mapping[str, Any], out_dir: str | Path, command: str 
              f"Generated {meta['date']} on {meta['machine']}" + (f" by `{command}`" if command else "") + ".",
              "", "## Claims table", ""]
     lines += claims_markdown(result["claims"])
-    lines += ["", f"**Verdict rule.** {RULE}", "", "Conditions:", ""]
+    lines += ["", f"**Verdict rule.** {RULE}", "",
+              "Conditions (false-positive and detection rates of each rule: `docs/dynamics/calibration.md`):", ""]
     for claim in CLAIMS:
         conds = "; ".join(
             f"{c.name} {'<' if c.side == 'below' else '>'} {c.threshold:g}" if c.side != "by_corridor"
-            else f"{c.name} < {c.threshold:g} with EPO's corridor, > {c.threshold:g} without" for c in claim.conditions)
+            else f"{c.name} > {c.threshold:g} without EPO's corridor; with it, a CI above {c.threshold:g} refutes "
+                 "the claim" for c in claim.conditions)
         scope = " (runs with no entropy method)" if claim.scope == "baseline" else ""
-        lines.append(f"- {claim.id}: {conds}{scope}")
+        gate = " (only runs with a collapse event)" if claim.needs_collapse else ""
+        lines.append(f"- {claim.id}: {conds}{scope}{gate}")
     lines += ["", "NaN: not computable (for a CI: fewer than 2 seeds with a value). Every number here is in "
               "`dynamics.json` (NaN as null).", ""]
 
@@ -161,16 +168,25 @@ def write_dynamics(result: Mapping[str, Any], out_dir: str | Path, command: str 
     lines += ["## 3. Per-turn entropy map", ""] + [fig(f"entropy_map/{k}") for k in strategies] + [""]
     lines += ["## 4. Cumulative per-turn drift D(T) ~ c T^p (last vs first iteration)", "",
               "D(T) sums |H_t(last) - H_t(first)| over turns 0..T-1 while both iterations have at least "
-              f"{options['min_turn_replies']} replies at the turn. Sampling noise alone gives p ≈ 1.", ""]
-    lines += _summary_table(strategies, "drift", ["p", "c", "r2"])
+              f"{options['min_turn_replies']} replies at the turn. Sampling noise alone gives p ≈ 1, so the "
+              "exponent p is descriptive only. The verdict uses excess_t = (H_t(last) - H_t(first))² minus the "
+              "sampling variance of both (split-half noise floor): its mean (excess, nats²) is 0 without drift and "
+              "its slope on t is 0 unless the drift grows with the turn.", ""]
+    lines += _summary_table(strategies, "drift", ["excess", "slope", "p", "c", "r2"])
     lines += ["", *_per_run_table(strategies, [("p", "drift.p"), ("c", "drift.c"), ("log-log R²", "drift.r2"),
                                                ("turns fitted", "drift.n"), ("from step", "drift.from_step"),
                                                ("at step", "drift.at_step")]), "", fig("drift"), ""]
     lines += [f"## 5. Post-observation entropy (first {options['n_head']} tokens vs the rest)", ""]
-    lines += _summary_table(strategies, "post_obs", ["ratio", "head", "rest"])
-    lines += ["", "| strategy | paired replies | replies of 1..n tokens (left out) | empty replies (left out) |",
-              "|---|---|---|---|"]
-    lines += [f"| {k} | {s['post_obs']['pairs']} | {s['post_obs']['short']} | {s['post_obs']['empty']} |"
+    lines += ["'ratio' is the old all-token statistic: its rest includes the closing format tags, whose entropy "
+              "is ~0, so it exceeds 1 with no observation effect (descriptive only). The verdict uses content tokens "
+              "(format tokens removed): log_ratio = log(head / rest), and new_minus_repeat = head entropy after a "
+              "new observation minus after a repeated (no-op) one.", ""]
+    lines += _summary_table(strategies, "post_obs", ["log_ratio", "new_minus_repeat", "ratio", "head", "rest"])
+    lines += ["", "| strategy | paired replies | replies of 1..n tokens (left out) | empty replies (left out) | "
+              "replies after a new observation | after a repeated observation |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {s['post_obs']['pairs']} | {s['post_obs']['short']} | {s['post_obs']['empty']} | "
+              f"{s['post_obs'].get('after_new', 'NaN')} | {s['post_obs'].get('after_repeat', 'NaN')} |"
               for k, s in strategies.items()]
     lines += ["", fig("post_observation"), ""]
     lines += ["## 6. State recurrence within a group", ""]
@@ -179,17 +195,33 @@ def write_dynamics(result: Mapping[str, Any], out_dir: str | Path, command: str 
               "group_size: trajectories per group at the first iteration.", ""]
     lines += _summary_table(strategies, "recurrence",
                             ["fraction_first", "fraction_last", "change", "size_first", "size_last", "group_size"])
+    lines += ["", "The same without the initial state and no-op observations (an anchor unchanged by the action), "
+              "which recur by construction; the verdicts use these:", ""]
+    lines += _summary_table(strategies, "recurrence", ["informative_first", "informative_last", "informative_change",
+                                                       "informative_size_first"])
+    lines += ["", "| strategy | step-group sizes, first iteration, all states (size: count) | "
+              "without initial state and no-ops |", "|---|---|---|"]
+    lines += [f"| {k} | {_sizes(s['recurrence']['step_group_sizes_first'])} | "
+              f"{_sizes(s['recurrence'].get('informative_step_group_sizes_first', {}))} |"
+              for k, s in strategies.items()]
     lines += ["", fig("recurrence"), ""]
     lines += [f"## 7. Collapse signals (w = {options['window']}) and repeated outputs", "",
               "Largest grad-norm spike of each run (above the run's median, not the first step) and the change of "
-              "reward std and entropy over the w iterations up to it.", ""]
-    lines += _summary_table(strategies, "collapse", ["d_reward_std", "d_entropy", "spike_ratio"])
+              "reward std and entropy over the w iterations up to it. The echo-trap verdicts use only runs with a "
+              "collapse event (entropy below 0.5 x its first value) and subtract the run's mean change over "
+              "stretches of the same length (*_excess), since a declining series falls before any step.", ""]
+    lines += ["| strategy | runs with a collapse event |", "|---|---|"]
+    lines += [f"| {k} | {s['collapse'].get('collapsed_runs', 0)} of {len(s['runs'])} |" for k, s in strategies.items()]
+    lines += [""]
+    lines += _summary_table(strategies, "collapse", ["d_reward_std_excess", "d_entropy_excess", "d_reward_std",
+                                                     "d_entropy", "spike_ratio"])
     lines += ["", *_per_run_table(strategies, [("spike step", "collapse.spike_step"),
                                                ("spike / median", "collapse.spike_ratio"),
                                                ("Δ reward std", "collapse.d_reward_std"),
                                                ("Δ entropy", "collapse.d_entropy")]), ""]
     lines += ["Repeated-output rate: replies identical to another reply of the same group at the same turn, "
-              "at each run's first and last iteration.", ""]
+              "at each run's first and last iteration. Without a collapse a rising rate is policy sharpening, "
+              "not the echo trap.", ""]
     lines += _summary_table(strategies, "repeated", ["first", "last", "change"])
     lines += ["", fig("collapse"), fig("repeated"), ""]
 

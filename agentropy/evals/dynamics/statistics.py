@@ -33,6 +33,7 @@ number of runs is recorded (``n_runs``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,6 +68,12 @@ class Summary:
                 "hi": _finite_or_none(self.hi), "n": self.n}
 
 
+@functools.lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
+    """Student-t quantile, cached: the calibration tests compute thousands of intervals."""
+    return float(scipy_stats.t.ppf(q, df))
+
+
 def mean_ci(values: Iterable[float | None], level: float = CI_LEVEL) -> Summary:
     """Mean and two-sided t-interval over seeds.
 
@@ -81,7 +88,7 @@ def mean_ci(values: Iterable[float | None], level: float = CI_LEVEL) -> Summary:
     mean = float(x.mean())
     if n == 1:
         return Summary(mean, math.nan, math.nan, 1)
-    half = float(scipy_stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    half = float(_t_quantile(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Summary(mean, mean - half, mean + half, n)
 
 
@@ -498,3 +505,200 @@ def group_reward_std(trajectories: Iterable[Trajectory]) -> float:
     return float(np.mean(stds)) if stds else math.nan
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Calibrated versions (each checked against synthetic nulls and planted effects in the tests)
+# ----------------------------------------------------------------------------------------------
+
+
+def turn_halves(trajectories: Iterable[Trajectory]) -> dict[int, tuple[float, int, float, int]]:
+    """Per turn t: (token entropy sum, tokens) of two halves of the groups, for a noise floor.
+
+    Groups (tasks) are split alternately by sorted ``group_id``; a group is the independent unit
+    (its replies share a task), so the difference of the halves' turn entropies measures the
+    sampling noise of H_t at this iteration, task-to-task variation included."""
+    trajs = [t for t in trajectories if t.kind != "probe"]
+    half_of = {g: i % 2 for i, g in enumerate(sorted({t.group_id for t in trajs}))}
+    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0, 0.0, 0])
+    for traj in trajs:
+        h = half_of[traj.group_id]
+        for step in analysed_steps(traj):
+            cell = sums[step.turn]
+            cell[2 * h] += float(sum(step.entropy))
+            cell[2 * h + 1] += len(step.entropy)
+    return {t: (float(c[0]), int(c[1]), float(c[2]), int(c[3])) for t, c in sorted(sums.items())}
+
+
+def noise_variance(halves: tuple[float, int, float, int]) -> float:
+    """Unbiased estimate of the sampling variance of a turn's entropy mean, from its two halves.
+
+    With half means A, B over m_A, m_B tokens, E[(A - B)^2] = s^2 (1/m_A + 1/m_B) when the
+    halves are exchangeable, and the full mean has variance s^2 / (m_A + m_B), so
+    var_full = (A - B)^2 m_A m_B / (m_A + m_B)^2 (a quarter of (A - B)^2 for equal halves)."""
+    sa, ma, sb, mb = halves
+    if ma == 0 or mb == 0:
+        return math.nan
+    return (sa / ma - sb / mb) ** 2 * ma * mb / (ma + mb) ** 2
+
+
+@dataclass(frozen=True)
+class DriftVsNoise:
+    """Per-turn drift between two iterations, net of the sampling noise of both.
+
+    ``excess[t] = (H_t(last) - H_t(first))^2 - var_first(t) - var_last(t)`` has expectation
+    delta_t^2 (the squared systematic drift) under any noise level, so its mean is 0 without
+    drift and its slope on t is 0 unless the drift grows with the turn index."""
+
+    turns: list[int]
+    excess: list[float]
+    mean_excess: float
+    slope: float  # least-squares slope of excess on t
+    n: int
+
+
+def drift_vs_noise(h_first: Mapping[int, float], h_last: Mapping[int, float],
+                   halves_first: Mapping[int, tuple[float, int, float, int]],
+                   halves_last: Mapping[int, tuple[float, int, float, int]],
+                   usable: Iterable[int]) -> DriftVsNoise:
+    """:class:`DriftVsNoise` over the ``usable`` turns (those with enough replies at both steps)."""
+    turns, excess = [], []
+    for t in sorted(usable):
+        if t in h_first and t in h_last and t in halves_first and t in halves_last:
+            noise = noise_variance(halves_first[t]) + noise_variance(halves_last[t])
+            if math.isfinite(noise):
+                turns.append(t)
+                excess.append((h_last[t] - h_first[t]) ** 2 - noise)
+    n = len(turns)
+    mean = float(np.mean(excess)) if n else math.nan
+    slope = float(np.polyfit(turns, excess, 1)[0]) if n >= 3 else math.nan
+    return DriftVsNoise(turns, excess, mean, slope, n)
+
+
+def format_token_ids(trajectories: Iterable[Trajectory], min_share: float = 0.9) -> frozenset[int]:
+    """Token ids present in at least ``min_share`` of all replies: the reply format's fixed
+    tokens (tags such as ``<action>`` / ``</action>``), whose entropy is near 0 by construction.
+
+    Content words are never in 90 % of replies unless the policy has collapsed onto them, in
+    which case leaving them out of both head and rest only costs sample size."""
+    counts: Counter[int] = Counter()
+    replies = 0
+    for traj in trajectories:
+        for step in analysed_steps(traj):
+            replies += 1
+            counts.update(set(step.response_ids))
+    if not replies:
+        return frozenset()
+    return frozenset(tok for tok, c in counts.items() if c >= min_share * replies)
+
+
+def follows_new_observation(trajectory: Trajectory) -> list[tuple[Step, bool]]:
+    """The analysed steps, each with whether its observation is new: the first turn, or an
+    anchor different from the previous turn's (a no-op such as "Nothing happens." in a
+    unchanged state repeats the anchor and is not new)."""
+    out, previous = [], None
+    for step in analysed_steps(trajectory):
+        out.append((step, previous is None or step.anchor_obs != previous))
+        previous = step.anchor_obs
+    return out
+
+
+@dataclass
+class PostObsContrast:
+    """Content-token head/rest sums, and head entropy after new vs repeated observations."""
+
+    content: PostObsCounts = field(default_factory=PostObsCounts)
+    head_new_sum: float = 0.0
+    head_new_n: int = 0
+    head_repeat_sum: float = 0.0
+    head_repeat_n: int = 0
+
+    def add(self, other: PostObsContrast) -> None:
+        self.content.add(other.content)
+        self.head_new_sum += other.head_new_sum
+        self.head_new_n += other.head_new_n
+        self.head_repeat_sum += other.head_repeat_sum
+        self.head_repeat_n += other.head_repeat_n
+
+    @property
+    def log_ratio(self) -> float:
+        """log(mean head / mean rest) over content tokens (0 when position does not matter)."""
+        r = self.content.ratio
+        return math.log(r) if r > 0 else math.nan
+
+    @property
+    def new_minus_repeat(self) -> float:
+        """Mean head entropy after a new observation minus after a repeated one."""
+        if not self.head_new_n or not self.head_repeat_n:
+            return math.nan
+        return self.head_new_sum / self.head_new_n - self.head_repeat_sum / self.head_repeat_n
+
+
+def post_observation_contrast(trajectories: Sequence[Trajectory], n: int = 4,
+                              min_share: float = 0.9) -> PostObsContrast:
+    """Post-observation entropy with the reply format's fixed tokens removed.
+
+    The old head/rest ratio compared a reply's first tokens with its closing tags, whose entropy
+    is ~0, so it exceeded 1 without any observation effect. Here head = the first n *content*
+    tokens, rest = the later content tokens, and the comparison group is the head of replies
+    whose observation repeated the previous one: the same position in the reply, no new
+    information to react to."""
+    fixed = format_token_ids(trajectories, min_share)
+    out = PostObsContrast()
+    for traj in trajectories:
+        for step, new in follows_new_observation(traj):
+            content = [h for tok, h in zip(step.response_ids, step.entropy, strict=False) if tok not in fixed]
+            head, rest = content[:n], content[n:]
+            if not content:
+                out.content.empty += 1
+                continue
+            head_mean = sum(head) / len(head)
+            if new:
+                out.head_new_sum += head_mean
+                out.head_new_n += 1
+            else:
+                out.head_repeat_sum += head_mean
+                out.head_repeat_n += 1
+            if not rest:
+                out.content.short += 1
+            else:
+                out.content.head_sum += head_mean
+                out.content.rest_sum += sum(rest) / len(rest)
+                out.content.pairs += 1
+    return out
+
+
+def informative_recurrence(trajectories: Iterable[Trajectory]) -> Recurrence:
+    """:func:`state_recurrence` without the states that recur by construction: the initial
+    state (every trajectory of a group starts there) and no-op observations (an anchor equal to
+    the trajectory's previous one: the action changed nothing, so looping on it is not a
+    shared useful state)."""
+    kept = []
+    for traj in trajectories:
+        steps = [s for s, new in follows_new_observation(traj) if new and s.turn > 0]
+        first_anchor = next((s.anchor_obs for s in analysed_steps(traj)), None)
+        steps = [s for s in steps if s.anchor_obs != first_anchor]
+        kept.append(Trajectory(traj_id=traj.traj_id, group_id=traj.group_id, task_id=traj.task_id, seed=traj.seed,
+                               steps=steps, kind=traj.kind))
+    return state_recurrence(kept)
+
+
+def collapsed(entropy: Sequence[float], ratio: float = 0.5) -> bool:
+    """A collapse event: mean token entropy fell below ``ratio`` x its first logged value."""
+    h = [x for x in entropy if math.isfinite(x)]
+    return len(h) >= 2 and h[0] > 0 and min(h[1:]) < ratio * h[0]
+
+
+def change_before_spike_vs_any(x: Sequence[float], spike: int, window: int) -> float:
+    """Change of x over the w' = min(w, spike) steps up to the spike, minus the mean change over
+    every other w'-step stretch of the run (the spike's position permuted).
+
+    A series that trends down over the whole run falls before *any* step; only a fall that is
+    larger before the spike than over a random stretch of the same length is evidence that the
+    fall leads to the spike. A linear trend cancels exactly."""
+    v = np.asarray(x, dtype=float)
+    if not 1 <= spike < v.size or not np.isfinite(v).all():
+        return math.nan
+    w = min(window, spike)
+    changes = v[w:] - v[:-w]
+    return float(v[spike] - v[spike - w] - changes.mean())
