@@ -10,8 +10,8 @@ What the null worlds contain (what a claim must *not* mistake for its effect):
 
 * every trajectory of a group starts in the same state, and 30 % of actions are no-ops that
   repeat the previous observation;
-* replies are ``<format> content... </format>``: fixed tag tokens with entropy ~0 around the
-  content, whose entropy has group- and reply-level random effects;
+* replies are ``content... </action>`` (the prompt opens the tag): fixed closing-tag tokens with
+  entropy ~0 after the content, whose entropy has group- and reply-level random effects;
 * the last iteration's entropy is lower than the first's by the same amount at every turn (a
   drift that does not grow with the turn);
 * in the "collapse" null, entropy falls steadily below half its first value while gradient
@@ -36,7 +36,7 @@ from agentropy.evals.dynamics.analysis import Options, analyze
 from agentropy.evals.dynamics.loading import RunData, iteration_stats
 from agentropy.training.trajectory import Step, Trajectory, write_jsonl
 
-FORMAT_OPEN, FORMAT_CLOSE = (9001, 9002), (9003, 9004)  # "<action>" / "</action>" token ids
+FORMAT_CLOSE = (9001, 9002, 9003)  # "</action>": the prompt ends with "<action>", the reply closes the tag
 CONTENT_VOCAB = 5000
 
 
@@ -71,7 +71,7 @@ COLLAPSE_NULL = World(entropy_decline=0.7)
 PLANTED: dict[str, World] = {
     "exp_law": World(entropy_decline=0.4, law_a=0.5),
     "decline": World(entropy_decline=0.5),
-    "drift": World(drift_per_turn=-0.06),
+    "drift": World(drift_per_turn=-0.08),
     "post_obs": World(head_boost=0.3),
     "recurrence": World(shared_states_first=1.0, shared_states_last=1.0),
     "recurrence_late": World(shared_states_first=1.0, shared_states_last=0.5),
@@ -86,7 +86,7 @@ NULL_FOR: dict[str, World] = {claim: COLLAPSE_NULL if claim in ("collapse_reward
 PLANTED_TEXT: dict[str, str] = {
     "exp_law": "success = -0.5 exp(H) + b + noise while entropy falls by 40 %",
     "decline": "entropy falls linearly by 50 % over 10 steps (step noise SD 0.03 nats)",
-    "drift": "last-iteration entropy shifted by -0.1 - 0.06 t nats at turn t (the null has the uniform -0.1 only)",
+    "drift": "last-iteration entropy shifted by -0.1 - 0.08 t nats at turn t (the null has the uniform -0.1 only)",
     "post_obs": "first 4 content tokens after a new observation +0.3 nats",
     "recurrence": "every real move goes to the group's shared state of that turn (30 % no-ops)",
     "recurrence_late": "shared-state share of real moves falls from 100 % to 50 %",
@@ -153,8 +153,8 @@ def _trajectories(world: World, rng: np.random.Generator, last: bool) -> list[Tr
             boost = np.asarray(new, dtype=float)[:, None] * (np.arange(world.content_tokens) < world.n_head)
             hj = np.clip(h[g, j] + world.head_boost * boost, 0.0, None).tolist()
             for t in range(world.turns):
-                ids = [*FORMAT_OPEN, *(canonical[g][t] if copies[g][j][t] else fresh[g][j][t]), *FORMAT_CLOSE]
-                entropy = [0.02, 0.01, *hj[t], 0.01, 0.02]
+                ids = [*(canonical[g][t] if copies[g][j][t] else fresh[g][j][t]), *FORMAT_CLOSE]
+                entropy = [*hj[t], 0.02, 0.01, 0.01]
                 steps.append(Step(turn=t, prompt_ids=[0], response_ids=ids, logprobs=[0.0] * len(ids), entropy=entropy,
                                   reward=0.0, terminated=t == world.turns - 1, truncated=False, anchor_obs=anchors[t],
                                   action="act", group_id=f"g{g}", traj_id=f"g{g}-{j}"))
