@@ -237,3 +237,19 @@ def test_drift_uses_only_turns_with_enough_replies(bench):
     assert ok["drift"]["n"] == TURNS and ok["drift"]["p"] == pytest.approx(2.0)
     too_few = dyn.analyze(runs, dyn.Options(min_turn_replies=GROUPS * GROUP_SIZE + 1))["strategies"]["grpo"]
     assert too_few["per_run"][0]["drift"]["D"] == [] and too_few["drift"]["p"]["n"] == 0
+
+
+def test_committed_aggregates_regenerate_the_report(analyzed, tmp_path):
+    """analyze writes per-iteration aggregates next to its report; analyzing them (no trajectories)
+    gives the same claims and numbers."""
+    out, data = analyzed
+    aggregates = out / "aggregates"
+    assert sorted(p.name for p in aggregates.iterdir()) == sorted(
+        data["strategies"]["grpo"]["runs"] + data["strategies"]["epo"]["runs"])
+    again = tmp_path / "again"
+    assert main(["analyze", str(aggregates), "--out", str(again), "--no-progress"]) == 0
+    regenerated = json.loads((again / "dynamics.json").read_text())
+    assert regenerated["claims"] == data["claims"]
+    assert regenerated["strategies"]["grpo"]["drift"] == data["strategies"]["grpo"]["drift"]
+    with pytest.raises(SystemExit, match="head-tokens 4, not 3"):
+        main(["analyze", str(aggregates), "--head-tokens", "3", "--out", str(tmp_path / "x"), "--no-progress"])

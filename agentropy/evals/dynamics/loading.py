@@ -134,11 +134,10 @@ def expand_run_dirs(paths: Sequence[str | Path], env: str | None = None) -> list
         path = Path(raw)
         if not path.is_dir():
             raise AnalysisError(f"{path}: not a folder")
-        if (path / "metrics.jsonl").exists():
+        if _is_run(path):
             out.append(path.resolve())
             continue
-        cells = sorted(p for p in path.iterdir()
-                       if p.is_dir() and not p.name.startswith("init__") and (p / "metrics.jsonl").exists())
+        cells = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("init__") and _is_run(p))
         if not cells:
             raise AnalysisError(f"{path}: neither a run folder (no metrics.jsonl) nor a bench folder "
                                 "(no <strategy>__<env>__s<seed> cells with metrics.jsonl)")
@@ -151,12 +150,24 @@ def expand_run_dirs(paths: Sequence[str | Path], env: str | None = None) -> list
     return out
 
 
+def _is_run(path: Path) -> bool:
+    """A run folder (metrics.jsonl) or a run's committed aggregates (aggregates.json)."""
+    from agentropy.evals.dynamics.aggregates import AGGREGATES_FILE
+
+    return (path / "metrics.jsonl").exists() or (path / AGGREGATES_FILE).exists()
+
+
+def _env_id(path: Path) -> Any:
+    from agentropy.evals.dynamics.aggregates import aggregates_env, has_aggregates
+
+    return aggregates_env(path) if has_aggregates(path) else _get(_read_config(path), "env.id")
+
+
 def _matches_env(path: Path, env: str) -> bool:
     m = BENCH_CELL.match(path.name)
     if m and m.group("env") == env:
         return True
-    config = _read_config(path)
-    return env.lower() in str(_get(config, "env.id", "")).lower()
+    return env.lower() in str(_env_id(path) or "").lower()
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -240,12 +251,14 @@ def load_runs(paths: Sequence[str | Path], n_head: int = 4, env: str | None = No
               progress: bool = True) -> list[RunData]:
     """Expand bench folders, check that every run has trajectories and all share one environment
     (before reading anything), then read the runs."""
+    from agentropy.evals.dynamics.aggregates import has_aggregates, read_aggregates
+
     dirs = expand_run_dirs(paths, env)
-    envs = {d: _get(_read_config(d), "env.id") for d in dirs}
+    envs = {d: _env_id(d) for d in dirs}
     files = {d: trajectory_files(d) for d in dirs}
     first = dirs[0]
     for d in dirs:
-        if not files[d]:
+        if not files[d] and not has_aggregates(d):
             raise _no_trajectories(d)
         if envs[d] != envs[first]:
             raise AnalysisError(
@@ -260,7 +273,8 @@ def load_runs(paths: Sequence[str | Path], n_head: int = 4, env: str | None = No
         task = bar.add_task("reading trajectories", total=total)
         for d in dirs:
             bar.update(task, description=f"reading {d.name}")
-            runs.append(load_run(d, n_head, on_iteration=lambda: bar.advance(task)))
+            runs.append(read_aggregates(d, n_head) if has_aggregates(d)
+                        else load_run(d, n_head, on_iteration=lambda: bar.advance(task)))
     return runs
 
 
