@@ -11,9 +11,11 @@ rebuilt from a committed ``summary.json`` without the run folders.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from agentropy.evals.stats import (
     PairedDifference,
     fmt,
     fmt_p,
+    format_mean_sd,
     min_detectable_difference,
     paired_difference,
 )
@@ -129,3 +132,57 @@ def rows_as_dicts(rows: Sequence[ComparisonRow]) -> list[dict[str, Any]]:
              "diff": clean(r.diff.mean_diff) if r.diff else None,
              "ci95": [clean(r.diff.lo), clean(r.diff.hi)] if r.diff else None,
              "p": clean(r.diff.p) if r.diff else None, "mdd80": clean(r.mdd)} for r in rows]
+
+
+def comparison_from_summary(summary_path: str | Path, seeds: Sequence[int], baseline: str | None = None,
+                            env: str | None = None) -> list[str]:
+    """The vs-baseline markdown of a committed bench ``summary.json`` (per-seed run summaries in
+    the bench's seed order), for reports whose run folders are not in the repository."""
+    data = json.loads(Path(summary_path).read_text())
+    by_env: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for key, sums in data.items():
+        if "/" not in key or key.startswith("vs_baseline/") or not isinstance(sums, list):
+            continue
+        arm, arm_env = key.split("/", 1)
+        if env is not None and arm_env != env:
+            continue
+        if len(sums) != len(seeds):
+            raise ValueError(f"{key}: {len(sums)} runs but {len(seeds)} seeds given")
+        by_env.setdefault(arm_env, {})[arm] = dict(zip(seeds, sums, strict=True))
+    lines: list[str] = []
+    for arm_env, per_seed in by_env.items():
+        base = baseline or next(iter(per_seed))
+        lines += [f"## {arm_env}: vs baseline ({base})", "", f"Seeds: {', '.join(map(str, seeds))}.", "",
+                  *render_comparison(compare_to_baseline(per_seed, base), base), "",
+                  "Mean ± sample SD (ddof=1) over seeds:", "",
+                  "| arm | seeds | " + " | ".join(m.label for m in COMPARED_METRICS) + " |",
+                  "|---|---|" + "---|" * len(COMPARED_METRICS)]
+        for arm, runs in per_seed.items():
+            cells = [format_mean_sd([r.get(m.key) for r in runs.values()], m.spec) for m in COMPARED_METRICS]
+            lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentropy.evals.comparison BENCH_DIR --seeds 0 1 2 [--baseline ARM]``: write
+    BENCH_DIR/comparison.md from BENCH_DIR/summary.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("bench_dir")
+    parser.add_argument("--seeds", type=int, nargs="+", required=True, help="the bench's seeds, in its order")
+    parser.add_argument("--baseline", default=None, help="baseline arm (default: the first)")
+    args = parser.parse_args(argv)
+    folder = Path(args.bench_dir)
+    lines = [f"# {folder.name}: comparison against the baseline arm", "",
+             f"Generated from `summary.json` by `python -m agentropy.evals.comparison {folder} --seeds "
+             f"{' '.join(map(str, args.seeds))}" + (f" --baseline {args.baseline}" if args.baseline else "") + "`.",
+             "", *comparison_from_summary(folder / "summary.json", args.seeds, args.baseline)]
+    (folder / "comparison.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

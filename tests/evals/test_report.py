@@ -110,3 +110,19 @@ def test_task_level_success_uses_mcnemar(tmp_path):
     row = next(line for line in report.splitlines() if line.startswith("| epo | 0.833 |"))
     assert "| +0.500 |" in row and "| 3 / 0 |" in row and "0.25 (exact binomial)" in row
     assert "held-out tasks per evaluation: 6" in report
+
+
+def test_comparison_from_the_committed_collapse_summary():
+    """docs/bench/collapse/summary.json (3 seeds): EPO - GRPO in entropy last/first is -0.11 with a
+    95 % CI of about [-0.70, 0.47], far inside what 3 seeds can detect."""
+    from pathlib import Path
+
+    from agentropy.evals.comparison import comparison_from_summary
+
+    summary = Path(__file__).resolve().parents[2] / "docs" / "bench" / "collapse" / "summary.json"
+    lines = comparison_from_summary(summary, seeds=[0, 1, 2], baseline="grpo")
+    row = next(line for line in lines if line.startswith("| epo | entropy last/first |"))
+    assert "| -0.114 | [-0.697, 0.470] | 0.49 | 0.766 | 3 (0, 1, 2) |" in row
+    assert "| grpo | 3 | 0.302 ± 0.024 |" in "\n".join(lines)  # sample SD, not the population SD 0.019
+    with pytest.raises(ValueError, match="3 runs but 2 seeds"):
+        comparison_from_summary(summary, seeds=[0, 1])
