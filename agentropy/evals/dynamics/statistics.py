@@ -1,20 +1,23 @@
-"""Entropy dynamics of training runs, measured against the claims the papers build on.
-
-``agentropy analyze`` reads run folders (``config.yaml``, ``metrics.jsonl``,
-``trajectories/iter_*_rank*.jsonl``) and measures seven things (issue 13):
+"""Each entropy-dynamics statistic as a plain function on plain data.
 
 1. the entropy-reward law R = -a exp(H) + b (Clip-Cov paper), :func:`fit_exp_law`;
 2. monotone entropy decline under GRPO, :func:`entropy_decline`;
 3. the per-turn entropy map turn x step, :func:`turn_entropy` / :func:`entropy_map`;
-4. cumulative per-turn drift D(T) ~ c T^p (EPO Prop. 6.2), :func:`cumulative_drift`, :func:`fit_power_law`;
-5. post-observation entropy, first n tokens of a reply vs the rest (ARPO), :func:`post_observation`;
-6. state recurrence within a group (GiGPO), :func:`state_recurrence`;
+4. per-turn drift between the first and last iteration: descriptive D(T) ~ c T^p
+   (:func:`cumulative_drift`, :func:`fit_power_law`) and, for verdicts, the drift net of a
+   split-half noise floor (:func:`turn_halves`, :func:`drift_vs_noise`);
+5. post-observation entropy: descriptive head/rest ratio (:func:`post_observation`) and, for
+   verdicts, content tokens only with a repeated-observation comparison group
+   (:func:`post_observation_contrast`);
+6. state recurrence within a group (GiGPO), :func:`state_recurrence`, and without the states that
+   recur by construction, :func:`informative_recurrence`;
 7. collapse signals before the largest gradient-norm spike and the repeated-output rate (RAGEN),
-   :func:`collapse_signals`, :func:`repeated_output_rate`.
+   :func:`collapse_signals`, :func:`repeated_output_rate`; for verdicts only in runs that
+   :func:`collapsed`, against the run's mean change (:func:`change_before_spike_vs_any`).
 
 Each statistic is a plain function on plain data. A *run* gives one number per statistic;
 a *strategy* summarises its runs (seeds) as the mean and a 95 % t-interval (:func:`mean_ci`).
-:func:`claims_table` turns the summaries into verdicts by stated threshold rules, never by hand.
+:func:`claims_table` (``verdicts.py``) turns the summaries into verdicts by calibrated rules.
 
 Which data each statistic uses:
 
