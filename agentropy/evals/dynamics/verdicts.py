@@ -2,7 +2,7 @@
 
 A verdict may say "holds" only for a claim whose rule is *calibrated*: run on synthetic runs
 with no effect (``agentropy.evals.dynamics.calibration``), the rule says "holds" in at most 5 %
-of them, and it detects a planted effect of the size stated in :data:`CALIBRATION`. The test
+of them, and it detects a planted effect of the size stated in ``calibration.PLANTED``. The test
 suite re-measures both (``tests/evals/test_calibration.py``) and ``docs/dynamics/calibration.md``
 prints the numbers next to each rule. Other outcomes:
 
