@@ -6,7 +6,8 @@
 Each RUN_DIR is a run folder (config.yaml, metrics.jsonl, trajectories/) or a bench folder,
 which stands for its <strategy>__<env>__s<seed> cells. All runs must share one env (--env keeps
 the cells of one env of a bench). Writes dynamics.md (claims table first), dynamics.json (every
-number) and figures/*.png to --out.
+number), figures/*.png and aggregates/<run>/aggregates.json (the per-iteration numbers, a few kB a
+run) to --out; ``agentropy analyze <out>/aggregates`` regenerates the report without the runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agentropy.evals.dynamics import AnalysisError, Options, analyze, load_runs, write_dynamics
+    from agentropy.evals.dynamics.aggregates import write_aggregates
 
     if args.head_tokens < 0:
         raise SystemExit(f"agentropy analyze: --head-tokens must be >= 0, got {args.head_tokens}")
@@ -51,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
              "--min-turn-replies", str(options.min_turn_replies)]
     command = " ".join(shlex.quote(w) for w in words + (["--env", args.env] if args.env else []))
     paths = write_dynamics(result, out, command=command)
+    write_aggregates(runs, out, options.n_head)  # so the report can be regenerated from a clone
     for row in result["claims"]:
         print(f"{row['claim_id']:<20} {row['strategy']:<16} {row['verdict']}")
     print(f"report: {paths['md']}")

@@ -28,10 +28,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
 
 
+def success_statistics(trajectories: list) -> dict:
+    """Per-task success (in task order) and a 95 % interval for the success rate.
+
+    One episode per task: Wilson score interval on the tasks. Several episodes per task are not
+    independent draws, so the interval is then a t interval over the per-task success rates.
+    ``success_by_task`` lets two evaluations on the same tasks be compared pair by pair
+    (``agentropy.evals.stats.mcnemar``)."""
+    from agentropy.evals.stats import mean_ci_t, wilson_interval
+
+    by_task: dict[str, list[float]] = {}
+    for t in trajectories:
+        by_task.setdefault(str(t.group_id), []).append(float(bool(t.won)))
+    if not by_task:
+        return {}
+    rates = [sum(w) / len(w) for w in by_task.values()]
+    if all(len(w) == 1 for w in by_task.values()):
+        lo, hi = wilson_interval(int(sum(rates)), len(rates))
+        method = "Wilson score, tasks"
+    else:
+        est = mean_ci_t(rates)
+        lo, hi, method = est.lo, est.hi, "t over per-task success rates"
+    return {"tasks": len(rates), "success_by_task": rates, "success_ci95_lo": lo, "success_ci95_hi": hi,
+            "success_ci95_method": method}
+
+
 def to_markdown(report: dict, title: str) -> str:
-    rows = [(k, v) for k, v in report.items() if isinstance(v, (int, float))]
+    rows = [(k, v) for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows]
+    if "success_ci95_lo" in report:
+        lines += ["", f"Success {report['success_rate']:.4f}, 95 % CI [{report['success_ci95_lo']:.4f}, "
+                      f"{report['success_ci95_hi']:.4f}] ({report['success_ci95_method']}, n = {report['tasks']} tasks)."]
     by_turn = report.get("entropy_by_turn") or []
     if by_turn:
         lines += ["", "| turn | mean token entropy |", "|---|---|"]
@@ -55,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     model, tokenizer = load_policy(cfg.model)
     backend = build_backend(cfg.model, model, tokenizer)
-    report = evaluate_policy(backend, tokenizer, cfg)
+    report, trajectories = evaluate_policy(backend, tokenizer, cfg, return_trajectories=True)
+    report.update(success_statistics(trajectories))
     report.update({"env": cfg.env.id, "split": cfg.env.test_split, "model": cfg.model.path or "tiny",
                    "temperature": cfg.eval.temperature})
     out = Path(args.out)

@@ -32,6 +32,12 @@ class BenchConfig:
     seeds: list[int] = field(default_factory=lambda: [0])  # one cell per seed
     overrides: list[str] = field(default_factory=list)  # applied to every cell (the shared budget)
     shared_init: bool = True  # one SFT warm start per env, shared by all cells
+    baseline: str | None = None  # arm every other arm is compared with (default: the first strategy)
+    # Held-out tasks per evaluation, the same fixed set for every cell. 256 tasks put the standard
+    # error of a success rate near 0.03; fewer cannot separate arms that differ by a few points.
+    # Applied before the bench overrides, so ``eval.episodes=...`` there (or on the command line)
+    # still wins for quick or CI-sized benches.
+    eval_episodes: int = 256
 
 
 @dataclass
@@ -53,6 +59,10 @@ def load_bench(path: str | Path) -> tuple[BenchConfig, Path]:
         raise ConfigError(f"{path}: {exc}") from None
     if not cfg.strategies:
         raise ConfigError(f"{path}: strategies: at least one strategy is needed")
+    if cfg.baseline is not None and cfg.baseline not in cfg.strategies:
+        raise ConfigError(f"{path}: baseline: {cfg.baseline!r} is not one of the strategies {list(cfg.strategies)}")
+    if cfg.eval_episodes < 1:
+        raise ConfigError(f"{path}: eval_episodes: must be >= 1, got {cfg.eval_episodes}")
     for label, strategy_file in cfg.strategies.items():
         if not (path.parent / strategy_file).exists():
             raise ConfigError(f"{path}: strategies.{label}: file {strategy_file!r} not found")
@@ -69,7 +79,7 @@ def _cell_config(bench: BenchConfig, folder: Path, cell: Cell, init_model: Path 
     from agentropy.training.config import Config
 
     data = deep_merge(read_yaml(folder / bench.base), read_yaml(folder / bench.strategies[cell.strategy]))
-    overrides = [*bench.envs[cell.env], *bench.overrides, *extra,
+    overrides = [f"eval.episodes={bench.eval_episodes}", *bench.envs[cell.env], *bench.overrides, *extra,
                  f"run.name={cell.name}", f"run.root={Path(bench.root) / bench.name}", f"run.seed={cell.seed}"]
     if init_model is not None:
         overrides += [f"model.path={init_model}", "sft.enabled=false"]
@@ -121,5 +131,5 @@ def run_bench(path: str | Path, extra_overrides: list[str] | None = None) -> Pat
             "sft_success": result.sft_success, "final_success": result.final_success,
             "wall_s": time.perf_counter() - t0,
         }))
-    write_bench_report(bench_dir, [c for c in cells(bench)])
+    write_bench_report(bench_dir, [c for c in cells(bench)], baseline=bench.baseline or next(iter(bench.strategies)))
     return bench_dir

@@ -1,7 +1,10 @@
 """Reports: ``report.md`` with tables and PNG plots, for one run or a whole benchmark.
 
 Every number in a report is read from the runs' ``metrics.jsonl``; nothing is typed in.
-Seeds are summarised as mean +- std; a strategy "collapsed" in a run when its final training
+A bench report opens with the comparison against a named baseline arm: per metric, the mean
+difference paired on seeds, its 95 % t interval, the paired t-test p and the minimum difference
+the run could detect at 80 % power (see ``comparison.py``). The descriptive table below it gives
+mean +- sample SD (``ddof=1``) over seeds; a strategy "collapsed" in a run when its final training
 entropy fell below ``COLLAPSE_RATIO`` times its first-iteration entropy. "entropy last/first"
 is that ratio itself, the direct measure of GRPO's entropy collapse; "outside corridor" is the
 mean fraction of reply tokens below / above EPO's corridor over the steps (EPO runs only).
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from agentropy.evals import plots
+from agentropy.evals.comparison import compare_to_baseline, render_comparison, rows_as_dicts
+from agentropy.evals.stats import format_mean_sd, mcnemar
 from agentropy.training.run_log import read_metrics
 
 COLLAPSE_RATIO = 0.5
@@ -50,14 +55,13 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         "wall_s": float(sum(r.get("time_s", 0.0) for r in train)),
         "tokens": float(sum(r.get("train_tokens", 0.0) for r in train)),
         "iterations": len(train),
+        "eval_tasks": rl_evals[-1].get("episodes") if rl_evals else None,
     }
 
 
 def _pm(values: Sequence[float | None], fmt: str = "{:.3f}") -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    return f"{fmt.format(np.mean(vals))} ± {fmt.format(np.std(vals))}"
+    """Mean ± sample SD (ddof=1) over seeds."""
+    return format_mean_sd(values, fmt)
 
 
 def write_run_report(run_dir: str | Path) -> Path:
@@ -136,39 +140,82 @@ def _corridor_bounds(run_dir: Path) -> tuple[float, float]:
     return float(epo.get("kappa_l", EPOConfig.kappa_l)), float(epo.get("kappa_r", EPOConfig.kappa_r))
 
 
-def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
-    """``report.md`` + plots comparing strategies over seeds, per environment."""
+def _final_task_outcomes(records: Sequence[dict[str, Any]]) -> list[int] | None:
+    """Per-task 0/1 outcomes of the final held-out evaluation, when the run logged them
+    (``success_by_task``); success is then also compared task by task (McNemar)."""
+    evals = [r for r in records if r["phase"] == "eval" and r["iteration"] >= 0]
+    outcomes = evals[-1].get("success_by_task") if evals else None
+    return [int(x) for x in outcomes] if isinstance(outcomes, list) and outcomes else None
+
+
+def _task_level_success(records_by_arm: dict[str, dict[int, list[dict[str, Any]]]], baseline: str) -> list[str]:
+    """McNemar rows on (seed, task) units, for arms whose runs logged per-task outcomes."""
+    lines: list[str] = []
+    base = records_by_arm.get(baseline, {})
+    for arm, runs in records_by_arm.items():
+        if arm == baseline:
+            continue
+        a: list[int] = []
+        b: list[int] = []
+        for seed, records in runs.items():
+            mine, theirs = _final_task_outcomes(records), _final_task_outcomes(base.get(seed, []))
+            if mine and theirs and len(mine) == len(theirs):
+                a += mine
+                b += theirs
+        if a:
+            r = mcnemar(a, b)
+            lines.append(f"| {arm} | {r.p_a:.3f} | {r.p_b:.3f} | {r.diff:+.3f} | [{r.lo:.3f}, {r.hi:.3f}] | "
+                         f"{r.b} / {r.c} | {r.p:.3g} ({r.test}) | {r.n} |")
+    if not lines:
+        return []
+    return ["", "Held-out success task by task (units = seed x task pairs, McNemar; CI: Newcombe paired):", "",
+            f"| arm | arm success | {baseline} success | difference | 95 % CI | only arm / only {baseline} | p | units |",
+            "|---|---|---|---|---|---|---|---|", *lines]
+
+
+def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: str | None = None) -> Path:
+    """``report.md`` + plots comparing strategies over seeds, per environment.
+
+    ``baseline`` names the arm every other arm is compared with (default: the first strategy)."""
     bench_dir = Path(bench_dir)
     figures = bench_dir / "figures"
-    by_env: dict[str, dict[str, list[str]]] = {}
+    by_env: dict[str, dict[str, list[Any]]] = {}
     for cell in cells:
-        by_env.setdefault(cell.env, {}).setdefault(cell.strategy, []).append(cell.name)
+        by_env.setdefault(cell.env, {}).setdefault(cell.strategy, []).append(cell)
     lines = [f"# Benchmark report: {bench_dir.name}", "",
-             "Held-out success is measured on the same fixed test tasks for every cell; "
-             "mean ± std over seeds. 'collapsed' counts seeds whose final training entropy fell "
-             f"below {COLLAPSE_RATIO} x its first-iteration entropy.", ""]
+             "Every arm starts from the same SFT checkpoint and is scored on the same fixed held-out test "
+             "tasks, so arms are compared seed by seed against the baseline arm first. The descriptive "
+             "table after it gives mean ± sample SD (ddof=1) over seeds. 'collapsed' counts seeds whose final "
+             f"training entropy fell below {COLLAPSE_RATIO} x its first-iteration entropy.", ""]
     summary: dict[str, Any] = {}
     for env, strategies in by_env.items():
-        lines += [f"## {env}", "",
-                  "| strategy | methods | seeds | SFT success | final success | best success | entropy mean | "
-                  "entropy var across steps | entropy last/first | collapsed | outside corridor low / high | "
-                  "wall s | tokens |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = baseline if baseline is not None else next(iter(strategies))
+        if base not in strategies:
+            raise ValueError(f"baseline arm {base!r} is not a strategy of env {env!r}: {sorted(strategies)}")
+        table = ["| strategy | methods | seeds | SFT success | final success | best success | entropy mean | "
+                 "entropy var across steps | entropy last/first | collapsed | outside corridor low / high | "
+                 "wall s | tokens |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         train_runs: dict[str, list[list[dict[str, Any]]]] = {}
         all_runs: dict[str, list[list[dict[str, Any]]]] = {}
         eval_runs: dict[str, list[list[dict[str, Any]]]] = {}
+        per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+        records_by_seed: dict[str, dict[int, list[dict[str, Any]]]] = {}
         first_run: dict[str, Path] = {}  # a run folder per strategy, for its saved config
-        for strategy, names in strategies.items():
-            dirs = [bench_dir / n for n in names if (bench_dir / n / "metrics.jsonl").exists()]
+        for strategy, arm_cells in strategies.items():
+            present = [c for c in arm_cells if (bench_dir / c.name / "metrics.jsonl").exists()]
+            dirs = [bench_dir / c.name for c in present]
             sums = [run_summary(d) for d in dirs]
             if dirs:
                 first_run[strategy] = dirs[0]
             summary[f"{strategy}/{env}"] = sums
             records = [read_metrics(d) for d in dirs]
+            per_seed[strategy] = {int(c.seed): s for c, s in zip(present, sums, strict=True)}
+            records_by_seed[strategy] = {int(c.seed): r for c, r in zip(present, records, strict=True)}
             all_runs[strategy] = records
             train_runs[strategy] = [[r for r in rec if r["phase"] == "train"] for rec in records]
             eval_runs[strategy] = [[r for r in rec if r["phase"] == "eval" and r["iteration"] >= 0] for rec in records]
-            lines.append(
+            table.append(
                 f"| {strategy} | {_methods(first_run[strategy]) if dirs else 'n/a'} | {len(sums)} | "
                 f"{_pm([s['sft_success'] for s in sums])} | "
                 f"{_pm([s['final_success'] for s in sums])} | {_pm([s['best_success'] for s in sums])} | "
@@ -176,6 +223,17 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any]) -> Path:
                 f"{_pm([s.get('entropy_ratio') for s in sums])} | {sum(s['collapsed'] for s in sums)}/{len(sums)} | "
                 f"{_corridor(sums)} | {_pm([s['wall_s'] for s in sums], '{:.0f}')} | "
                 f"{_pm([s['tokens'] for s in sums], '{:.0f}')} |")
+        seeds = sorted({seed for runs in per_seed.values() for seed in runs})
+        tasks = sorted({s["eval_tasks"] for sums in per_seed.values() for s in sums.values() if s.get("eval_tasks")})
+        rows = compare_to_baseline(per_seed, base)
+        summary[f"vs_baseline/{env}"] = {"baseline": base, "seeds": seeds, "eval_tasks": tasks,
+                                         "rows": rows_as_dicts(rows)}
+        lines += [f"## {env}", "",
+                  f"Seeds: {', '.join(map(str, seeds)) or 'none'}; held-out tasks per evaluation: "
+                  f"{', '.join(map(str, tasks)) or 'n/a'} (the same tasks for every arm); baseline arm: `{base}`.",
+                  "", f"### vs baseline ({base})", "", *render_comparison(rows, base),
+                  *_task_level_success(records_by_seed, base),
+                  "", "### All arms (mean ± sample SD over seeds)", "", *table]
         made = [
             plots.plot_metric_by_step(train_runs, "entropy_mean", figures / f"{env}_entropy_vs_step.png",
                                       f"{env}: token entropy vs step", "entropy (nats)"),

@@ -46,7 +46,7 @@ def write_run(run_dir: Path, strategy: str, seed: int, iterations: int, env_id: 
                 for t in range(TURNS):
                     h = turn_entropy(strategy, k, t) + 0.001 * seed
                     anchor = f"g{g} room {t}" if t < 3 else f"g{g} traj {j} room {t}"
-                    response = [1, 2, 3] if t == 0 else [100 * j + t, k, seed]
+                    response = list(range(1, 9)) if t == 0 else [100 * j + t, k, seed, *range(50 + t, 100, 10)]
                     entropy = [h + 0.5] * HEAD + [h] * HEAD  # the first HEAD tokens are higher
                     steps.append(Step(turn=t, prompt_ids=[9, 9], response_ids=response, logprobs=[-0.1] * 8,
                                       entropy=entropy, reward=0.0, terminated=t == TURNS - 1, truncated=False,
@@ -99,7 +99,10 @@ def test_claims_table_rows_match_the_numbers_in_dynamics_json(analyzed):
     assert md.startswith("# Entropy dynamics: agentropy/Household-v0")
     table = md.split("## Claims table", 1)[1].split("**Verdict rule.**", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| # ")]
-    assert len(rows) == len(dyn.CLAIMS) * 2 == len(data["claims"])
+    assert len(rows) == len(data["claims"])
+    # recurrence is measured on identical rollouts of the two strategies: one row for both
+    merged = {r["claim_id"] for r in data["claims"] if r["strategy"] == "epo, grpo"}
+    assert merged == {"recurrence", "recurrence_late"} and len(rows) == len(dyn.CLAIMS) * 2 - 2
     seen = set()
     for line, row in zip(rows, data["claims"], strict=True):
         cells = [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
@@ -126,13 +129,27 @@ def test_known_answers_and_verdicts(analyzed):
     assert grpo["baseline"] and not grpo["corridor"] and epo["corridor"] and epo["methods"] == ["epo"]
     assert grpo["drift"]["p"]["mean"] == pytest.approx(2.0, abs=1e-6)
     assert epo["drift"]["p"]["mean"] == pytest.approx(1.0, abs=1e-6)
+    # grpo's last-iteration drift at turn t is 0.01 k (2t + 1) with k = 5 and no sampling noise (every
+    # reply of a turn has the same entropy): excess_t = (0.05 (2t + 1))^2, slope 0.06 over t = 0..5
+    assert grpo["drift"]["slope"]["mean"] == pytest.approx(0.06, abs=1e-9)
+    # epo's shift is the same at every turn (0.05 k): excess 0.25^2 (s0, k = 5) and 0.2^2 (s1, k = 4), slope 0
+    assert epo["drift"]["excess"]["mean"] == pytest.approx((0.0625 + 0.04) / 2)
+    assert epo["drift"]["slope"]["mean"] == pytest.approx(0.0, abs=1e-12)
     verdicts = {(r["claim_id"], r["strategy"]): r["verdict"] for r in data["claims"]}
-    assert verdicts[("drift", "grpo")] == "holds" and verdicts[("drift", "epo")] == "holds"
+    assert verdicts[("drift", "grpo")] == "holds"
+    assert verdicts[("drift", "epo")] == "not distinguishable from noise"  # absence is never confirmed
     assert verdicts[("decline", "grpo")] == "holds" and verdicts[("decline", "epo")] == "n/a"
-    assert verdicts[("post_obs", "grpo")] == "holds"  # head tokens are 0.5 nats higher
+    # head tokens are 0.5 nats higher than the rest (log((h + 0.5) / h) > 0), but no observation ever
+    # repeats, so there is no comparison group and the claim cannot hold
+    assert grpo["post_obs"]["log_ratio"]["mean"] > 0.1 and grpo["post_obs"]["new_minus_repeat"]["n"] == 0
+    assert verdicts[("post_obs", "grpo")] == "not distinguishable from noise"
+    # the rollouts never collapse (entropy falls by far less than half): no echo-trap verdicts
+    assert verdicts[("collapse_entropy", "grpo")] == "no collapse to test" == verdicts[("repeated", "grpo")]
     # states of turns 0-2 are shared by the 3 trajectories of a group, turns 3-5 are not: 6 of 24
     assert grpo["recurrence"]["fraction_first"]["mean"] == pytest.approx(6 / 24)
-    assert verdicts[("recurrence", "grpo")] == "does not hold"
+    assert verdicts[("recurrence", "epo, grpo")] == "does not hold"
+    # without the initial state (turn 0) the shared states are turns 1-2: 4 of 22 per run
+    assert grpo["recurrence"]["informative_first"]["mean"] == pytest.approx(4 / 22)
     assert grpo["recurrence"]["step_group_sizes_first"] == {"1": 2 * 2 * 9, "3": 2 * 2 * 3}
     assert grpo["per_run"][0]["collapse"]["spike_step"] == 3
     assert grpo["collapse"]["d_reward_std"]["mean"] == pytest.approx(-0.15)  # from metrics: 0.35 - 0.5
@@ -170,8 +187,8 @@ def test_one_seed_gives_a_nan_interval_and_an_inconclusive_verdict(bench, tmp_pa
     data = json.loads((out / "dynamics.json").read_text())
     p = data["strategies"]["grpo"]["drift"]["p"]
     assert p["n"] == 1 and p["lo"] is None and p["hi"] is None
-    assert {r["verdict"] for r in data["claims"]} == {"inconclusive"}
-    assert "p = 2 [NaN, NaN]" in (out / "dynamics.md").read_text()
+    assert {r["verdict"] for r in data["claims"]} == {"not distinguishable from noise", "no collapse to test"}
+    assert "slope = 0.06 [NaN, NaN]" in (out / "dynamics.md").read_text()
 
 
 def test_run_without_trajectories_is_named(tmp_path):
@@ -220,3 +237,19 @@ def test_drift_uses_only_turns_with_enough_replies(bench):
     assert ok["drift"]["n"] == TURNS and ok["drift"]["p"] == pytest.approx(2.0)
     too_few = dyn.analyze(runs, dyn.Options(min_turn_replies=GROUPS * GROUP_SIZE + 1))["strategies"]["grpo"]
     assert too_few["per_run"][0]["drift"]["D"] == [] and too_few["drift"]["p"]["n"] == 0
+
+
+def test_committed_aggregates_regenerate_the_report(analyzed, tmp_path):
+    """analyze writes per-iteration aggregates next to its report; analyzing them (no trajectories)
+    gives the same claims and numbers."""
+    out, data = analyzed
+    aggregates = out / "aggregates"
+    assert sorted(p.name for p in aggregates.iterdir()) == sorted(
+        data["strategies"]["grpo"]["runs"] + data["strategies"]["epo"]["runs"])
+    again = tmp_path / "again"
+    assert main(["analyze", str(aggregates), "--out", str(again), "--no-progress"]) == 0
+    regenerated = json.loads((again / "dynamics.json").read_text())
+    assert regenerated["claims"] == data["claims"]
+    assert regenerated["strategies"]["grpo"]["drift"] == data["strategies"]["grpo"]["drift"]
+    with pytest.raises(SystemExit, match="head-tokens 4, not 3"):
+        main(["analyze", str(aggregates), "--head-tokens", "3", "--out", str(tmp_path / "x"), "--no-progress"])

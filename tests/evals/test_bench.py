@@ -61,3 +61,19 @@ def test_bench_config_errors_name_the_field(tmp_path):
     path.write_text("strategies: {}\nseedz: [1]\n")
     with pytest.raises(ConfigError, match="seedz"):
         load_bench(path)
+
+
+def test_bench_eval_set_defaults_to_256_tasks_and_overrides_win(tmp_path):
+    from agentropy.evals.bench import Cell, _cell_config
+
+    path = write_bench(tmp_path)
+    bench, folder = load_bench(path)
+    assert bench.eval_episodes == 256 and bench.baseline is None
+    cell = Cell("epo", "household", 0)
+    assert _cell_config(bench, folder, cell, None, []).eval.episodes == 2  # micro.yaml's override wins
+    bench.overrides = [o for o in bench.overrides if not o.startswith("eval.episodes")]
+    assert _cell_config(bench, folder, cell, None, []).eval.episodes == 256
+    assert _cell_config(bench, folder, cell, None, ["eval.episodes=8"]).eval.episodes == 8
+    path.write_text(path.read_text() + "baseline: sac\n")
+    with pytest.raises(ConfigError, match="baseline"):
+        load_bench(path)

@@ -234,35 +234,109 @@ def test_threshold_verdicts_follow_the_stated_rule():
     def s(lo, hi, n=3):
         return {"mean": None if lo is None else (lo + hi) / 2, "lo": lo, "hi": hi, "n": n}
 
+    noise = "not distinguishable from noise"
     assert dyn.threshold_verdict(s(1.6, 2.4), 1.5, "above") == "holds"
     assert dyn.threshold_verdict(s(0.8, 1.2), 1.5, "above") == "does not hold"
-    assert dyn.threshold_verdict(s(1.2, 1.8), 1.5, "above") == "inconclusive"
+    assert dyn.threshold_verdict(s(1.2, 1.8), 1.5, "above") == noise
     assert dyn.threshold_verdict(s(0.8, 1.2), 1.5, "below") == "holds"
-    assert dyn.threshold_verdict(s(None, None, 1), 1.5, "below") == "inconclusive"
+    assert dyn.threshold_verdict(s(None, None, 1), 1.5, "below") == noise
+    # a predicted absence can be refuted but never confirmed
+    assert dyn.threshold_verdict(s(0.1, 0.3), 0.0, "absent") == "does not hold"
+    assert dyn.threshold_verdict(s(-0.1, 0.1), 0.0, "absent") == noise
+    assert dyn.threshold_verdict(s(-0.3, -0.1), 0.0, "absent") == noise
     assert dyn.combine_verdicts(["holds", "holds"]) == "holds"
-    assert dyn.combine_verdicts(["holds", "inconclusive"]) == "inconclusive"
-    assert dyn.combine_verdicts(["inconclusive", "does not hold"]) == "does not hold"
+    assert dyn.combine_verdicts(["holds", noise]) == noise
+    assert dyn.combine_verdicts([noise, "does not hold"]) == "does not hold"
 
 
-def _strategy(p, corridor, baseline, n=2):
+def _strategy(slope, corridor, baseline, n=2, collapsed_runs=0, recurrence=0.5):
     half = 0.0 if n > 1 else None
-    summary = {"mean": p, "lo": None if half is None else p - 0.1, "hi": None if half is None else p + 0.1, "n": n}
+    summary = {"mean": slope, "lo": None if half is None else slope - 0.1, "hi": None if half is None else slope + 0.1,
+               "n": n}
     blank = {"mean": 0.0, "lo": -1.0, "hi": 1.0, "n": n}
-    return {"corridor": corridor, "baseline": baseline, "drift": {"p": summary},
+    rec = {"mean": recurrence, "lo": recurrence - 0.1, "hi": recurrence + 0.1, "n": n}
+    return {"corridor": corridor, "baseline": baseline, "runs": ["r"] * n, "drift": {"slope": summary},
             "exp_law": {"a": blank, "r2": blank}, "decline": {"rho": blank, "fell": blank},
-            "post_obs": {"ratio": blank}, "recurrence": {"fraction_first": blank, "change": blank},
-            "collapse": {"d_reward_std": blank, "d_entropy": blank}, "repeated": {"change": blank}}
+            "post_obs": {"log_ratio": blank, "new_minus_repeat": blank},
+            "recurrence": {"informative_first": rec, "informative_change": blank},
+            "collapse": {"d_reward_std_excess": blank, "d_entropy_excess": blank, "collapsed_runs": collapsed_runs},
+            "repeated": {"change_if_collapsed": blank}}
 
 
 def test_claims_table_drift_regime_depends_on_the_corridor_and_scope_on_the_methods():
-    rows = dyn.claims_table({"grpo": _strategy(2.0, False, True), "epo": _strategy(2.0, True, False),
-                             "one_seed": _strategy(1.0, True, False, n=1)})
+    rows = dyn.claims_table({"grpo": _strategy(0.5, False, True, collapsed_runs=1),
+                             "epo": _strategy(0.5, True, False, recurrence=0.5),
+                             "one_seed": _strategy(0.0, True, False, n=1, recurrence=0.9)})
     drift = {r["strategy"]: r for r in rows if r["claim_id"] == "drift"}
-    assert drift["grpo"]["verdict"] == "holds"  # p in [1.9, 2.1] > 1.5 without the corridor
-    assert drift["epo"]["verdict"] == "does not hold"  # with the corridor p should be < 1.5
-    assert drift["one_seed"]["verdict"] == "inconclusive" and "no CI" in drift["one_seed"]["note"]
-    assert drift["epo"]["conditions"][0]["side"] == "below"
+    assert drift["grpo"]["verdict"] == "holds"  # slope in [0.4, 0.6] > 0 without the corridor
+    assert drift["epo"]["verdict"] == "does not hold"  # with the corridor the slope should not be > 0
+    assert drift["one_seed"]["verdict"] == "not distinguishable from noise" and "no CI" in drift["one_seed"]["note"]
+    assert drift["epo"]["conditions"][0]["side"] == "absent"
     decline = {r["strategy"]: r for r in rows if r["claim_id"] == "decline"}
-    assert decline["grpo"]["verdict"] == "inconclusive"  # CI of rho straddles -0.5
+    assert decline["grpo"]["verdict"] == "not distinguishable from noise"  # CI of rho straddles -0.5
     assert decline["epo"]["verdict"] == "n/a"  # the claim is about plain GRPO
-    assert len(rows) == 3 * len(dyn.CLAIMS)
+    echo = {r["strategy"]: r["verdict"] for r in rows if r["claim_id"] == "collapse_entropy"}
+    assert echo == {"grpo": "not distinguishable from noise", "epo": "no collapse to test",
+                    "one_seed": "no collapse to test"}
+    # grpo and epo measured the same recurrence (same numbers): one row naming both
+    recurrence = [r for r in rows if r["claim_id"] == "recurrence"]
+    assert [r["strategy"] for r in recurrence] == ["grpo, epo", "one_seed"]
+    assert "identical" in recurrence[0]["note"]
+
+
+# --- calibrated statistics -------------------------------------------------------------------------
+
+
+def test_noise_variance_and_drift_vs_noise_by_hand():
+    # halves: A = 10 / 5 = 2.0, B = 9 / 3 = 3.0 -> (A - B)^2 * 5 * 3 / 8^2 = 15 / 64
+    assert dyn.noise_variance((10.0, 5, 9.0, 3)) == pytest.approx(15 / 64)
+    assert math.isnan(dyn.noise_variance((1.0, 0, 1.0, 2)))
+    equal = (4.0, 4, 4.0, 4)  # no spread between halves: no noise
+    first = {0: 1.0, 1: 1.0, 2: 1.0}
+    last = {0: 1.1, 1: 1.2, 2: 1.3}  # drift 0.1, 0.2, 0.3 -> excess 0.01, 0.04, 0.09, slope 0.04
+    d = dyn.drift_vs_noise(first, last, dict.fromkeys(first, equal), dict.fromkeys(first, equal), [0, 1, 2])
+    assert d.excess == pytest.approx([0.01, 0.04, 0.09]) and d.slope == pytest.approx(0.04)
+    noisy = (10.0, 5, 9.0, 3)  # subtracts 15 / 64 from each turn's squared change
+    d = dyn.drift_vs_noise(first, last, dict.fromkeys(first, noisy), dict.fromkeys(first, equal), [0, 1])
+    assert d.turns == [0, 1] and d.excess == pytest.approx([0.01 - 15 / 64, 0.04 - 15 / 64]) and math.isnan(d.slope)
+
+
+def test_format_tokens_are_removed_and_heads_compared_by_observation():
+    def reply(t, anchor, content_h):
+        ids = [900, *range(10 * t + 1, 10 * t + 1 + len(content_h)), 901]  # 900/901: the tags of every reply
+        return step(t, [0.0, *content_h, 0.0], anchor, ids)
+
+    trajs = [traj("a", "g", [reply(0, "s0", [2.0, 2.0, 1.0, 1.0]), reply(1, "s0", [1.0, 1.0, 1.0, 1.0]),
+                             reply(2, "s1", [3.0, 3.0, 1.0])])]
+    assert dyn.format_token_ids(trajs) == frozenset({900, 901})
+    c = dyn.post_observation_contrast(trajs, n=2)
+    # heads (first 2 content tokens): 2.0 (new), 1.0 (repeated s0), 3.0 (new); rests 1.0, 1.0, 1.0
+    assert c.content.pairs == 3 and c.content.ratio == pytest.approx((2 + 1 + 3) / 3)
+    assert c.log_ratio == pytest.approx(math.log(2.0))
+    assert c.new_minus_repeat == pytest.approx((2.0 + 3.0) / 2 - 1.0)
+    # the old all-token ratio counts the closing tag (entropy 0) in the rest
+    old = dyn.pool_post_observation(dyn.post_observation(trajs, n=3))
+    assert old.rest_mean < c.content.rest_mean
+
+
+def test_informative_recurrence_drops_the_initial_state_and_no_ops():
+    trajs = [visits("a", "g", ["start", "hall", "hall", "kitchen"]),
+             visits("b", "g", ["start", "hall", "garden", "garden"]),
+             visits("c", "g", ["start", "cellar", "cellar", "cellar"])]
+    raw = dyn.state_recurrence(trajs)
+    assert (raw.states, raw.recurring) == (5, 2)  # start and hall recur
+    clean = dyn.informative_recurrence(trajs)
+    # kept visits: a: hall, kitchen; b: hall, garden; c: cellar -> hall recurs, 1 of 4 states
+    assert (clean.states, clean.recurring) == (4, 1) and clean.step_group_sizes == {1: 3, 2: 1}
+
+
+def test_change_before_spike_is_measured_against_the_same_stretch_anywhere():
+    trend = [1.0 - 0.1 * k for k in range(8)]
+    for spike in range(1, 8):  # a linear decline falls the same before every step
+        assert dyn.change_before_spike_vs_any(trend, spike, 3) == pytest.approx(0.0, abs=1e-12)
+    dip = list(trend)
+    dip[5] -= 0.3
+    # w = 3: changes x[p] - x[p-3] for p = 3..7 are -0.3, -0.3, -0.6 (p = 5), -0.3, -0.3: mean -0.36;
+    # before the spike -0.6 -> excess -0.6 + 0.36 = -0.24
+    assert dyn.change_before_spike_vs_any(dip, 5, 3) == pytest.approx(-0.24)
+    assert dyn.collapsed([1.0, 0.8, 0.45]) and not dyn.collapsed([1.0, 0.8, 0.55])

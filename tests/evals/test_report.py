@@ -41,16 +41,19 @@ def test_entropy_ratio_and_corridor_fractions(tmp_path):
 
     cells = [Cell("grpo", "h", 0), Cell("grpo", "h", 1), Cell("epo", "h", 0)]
     report = write_bench_report(tmp_path, cells).read_text()
-    header = next(line for line in report.splitlines() if line.startswith("| strategy |"))
+    descriptive = report.split("### All arms")[1].splitlines()
+    header = next(line for line in descriptive if line.startswith("| strategy |"))
     columns = [c.strip() for c in header.strip("|").split("|")]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
-            for line in report.splitlines() if line.startswith(("| grpo |", "| epo |"))}
+            for line in descriptive if line.startswith(("| grpo |", "| epo |"))}
     ratio, collapsed, corridor = (columns.index(k) for k in ("entropy last/first", "collapsed",
                                                              "outside corridor low / high"))
-    assert rows["grpo"][ratio] == "0.525 ± 0.275"  # (0.25 + 0.8) / 2, std 0.275
+    # (0.25 + 0.8) / 2 = 0.525; sample SD |0.8 - 0.25| / sqrt(2) = 0.389 (the population SD 0.275 understates it)
+    assert rows["grpo"][ratio] == "0.525 ± 0.389"
     assert rows["grpo"][collapsed] == "1/2" and rows["grpo"][corridor] == "n/a"
-    assert rows["epo"][ratio] == "0.900 ± 0.000"
-    assert rows["epo"][corridor] == "0.100 ± 0.000 / 0.100 ± 0.000"
+    assert rows["epo"][ratio] == "0.900"  # one seed: no SD to show
+    assert rows["epo"][corridor] == "0.100 / 0.100"
+    assert "mean ± sample SD" in report
     methods = columns.index("methods")
     assert rows["grpo"][methods] == "grpo" and rows["epo"][methods] == "grpo + epo"
     # The corridor plots use each run's own kappas; GRPO's shows EPO's default corridor.
@@ -67,3 +70,59 @@ def test_twelve_series_get_distinct_styles():
     styles = {tuple(sorted(series_style(i).items())) for i in range(12)}
     assert len(styles) == 12
     assert series_style(10) == {"color": "C0", "linestyle": "--"}
+
+
+def test_vs_baseline_table_pairs_seeds(tmp_path):
+    grpo = {0: [0.4, 0.3, 0.1], 1: [0.5, 0.5, 0.4], 2: [0.5, 0.3, 0.25]}  # last/first 0.25, 0.8, 0.5
+    epo = {0: [0.4, 0.4, 0.36], 1: [0.5, 0.5, 0.45], 2: [0.5, 0.5, 0.5]}  # last/first 0.9, 0.9, 1.0
+    for seed in range(3):
+        write_run(tmp_path / f"grpo__h__s{seed}", grpo[seed])
+        write_run(tmp_path / f"epo__h__s{seed}", epo[seed])
+    write_run(tmp_path / "epo__h__s7", [0.5, 0.5, 0.5])  # no grpo partner: left out of the pairs
+    cells = [Cell(s, "h", seed) for s in ("grpo", "epo") for seed in (0, 1, 2)] + [Cell("epo", "h", 7)]
+    report = write_bench_report(tmp_path, cells, baseline="grpo").read_text()
+    assert report.index("### vs baseline (grpo)") < report.index("### All arms")
+    row = next(line for line in report.splitlines() if line.startswith("| epo | entropy last/first |"))
+    cells_ = [c.strip() for c in row.strip("|").split("|")]
+    # differences 0.65, 0.10, 0.50: mean 0.41667, sample SD sqrt(0.161667 / 2) = 0.284312, se 0.164148,
+    # t = 2.53835 on 2 df -> p = 0.1264; half-width 4.302653 * 0.164148 = 0.706270
+    # MDD at 80 % power, n = 3: 3.2641 x 0.284312 = 0.9280
+    assert cells_[2:] == ["0.933", "0.517", "+0.417", "[-0.290, 1.123]", "0.126", "0.928", "3 (0, 1, 2)"]
+    assert "Seeds: 0, 1, 2, 7" in report and "held-out tasks per evaluation" in report
+    assert "3.26 x SD" in report
+    summary = json.loads((tmp_path / "summary.json").read_text())["vs_baseline/h"]
+    ratio_row = next(r for r in summary["rows"] if r["metric"] == "entropy_ratio")
+    assert ratio_row["ci95"] == pytest.approx([-0.28960, 1.12294], abs=1e-4) and ratio_row["seeds"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="baseline arm"):
+        write_bench_report(tmp_path, cells, baseline="nope")
+
+
+def test_task_level_success_uses_mcnemar(tmp_path):
+    for arm, outcomes in (("grpo", [1, 0, 0, 0, 1, 0]), ("epo", [1, 1, 1, 1, 1, 0])):
+        folder = tmp_path / f"{arm}__h__s0"
+        write_run(folder, [0.4, 0.3])
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        final = json.loads(lines[-1])
+        final.update(success_by_task=outcomes, episodes=len(outcomes))
+        (folder / "metrics.jsonl").write_text("\n".join([*lines[:-1], json.dumps(final)]) + "\n")
+    report = write_bench_report(tmp_path, [Cell("grpo", "h", 0), Cell("epo", "h", 0)]).read_text()
+    # epo wins 3 tasks grpo lost, loses none: exact p = 2 / 2^3 = 0.25
+    row = next(line for line in report.splitlines() if line.startswith("| epo | 0.833 |"))
+    assert "| +0.500 |" in row and "| 3 / 0 |" in row and "0.25 (exact binomial)" in row
+    assert "held-out tasks per evaluation: 6" in report
+
+
+def test_comparison_from_the_committed_collapse_summary():
+    """docs/bench/collapse/summary.json (3 seeds): EPO - GRPO in entropy last/first is -0.11 with a
+    95 % CI of about [-0.70, 0.47], far inside what 3 seeds can detect."""
+    from pathlib import Path
+
+    from agentropy.evals.comparison import comparison_from_summary
+
+    summary = Path(__file__).resolve().parents[2] / "docs" / "bench" / "collapse" / "summary.json"
+    lines = comparison_from_summary(summary, seeds=[0, 1, 2], baseline="grpo")
+    row = next(line for line in lines if line.startswith("| epo | entropy last/first |"))
+    assert "| -0.114 | [-0.697, 0.470] | 0.49 | 0.766 | 3 (0, 1, 2) |" in row
+    assert "| grpo | 3 | 0.302 ± 0.024 |" in "\n".join(lines)  # sample SD, not the population SD 0.019
+    with pytest.raises(ValueError, match="3 runs but 2 seeds"):
+        comparison_from_summary(summary, seeds=[0, 1])
