@@ -76,5 +76,29 @@ def run(args: argparse.Namespace) -> int:
     report = write_run_report(result.run_dir)
     print(f"report: {report}")
     if result.sft_success is not None and result.final_success is not None:
-        print(f"held-out success: SFT {result.sft_success:.3f} -> RL {result.final_success:.3f}")
+        for line in success_change_lines(result.run_dir, sft=cfg.sft.enabled):
+            print(line)
     return 0
+
+
+def success_change_lines(run_dir: Path, sft: bool = True) -> list[str]:
+    """The run's closing lines: the paired test of held-out success before and after RL.
+
+    Both evaluations play the same fixed task set, so success is compared task by task:
+    McNemar's test on the tasks that changed outcome, and the paired difference with its 95 %
+    interval (``agentropy.evals.stats``). The last line is the one the README quotes."""
+    from agentropy.evals.stats import fmt_p, format_success_change, mcnemar
+    from agentropy.training.run_log import read_metrics
+
+    evals = read_metrics(run_dir, phase="eval")
+    before, after = evals[0].get("success_by_task"), evals[-1].get("success_by_task")
+    label = "SFT" if sft else "before RL"
+    binary = all(v in (0.0, 1.0) for v in [*(before or []), *(after or [])])  # one episode per task
+    if len(evals) < 2 or not before or not after or len(before) != len(after) or not binary:
+        first, last = evals[0]["success_rate"], evals[-1]["success_rate"]
+        return [f"held-out success: {label} {first:.3f} -> RL {last:.3f}"]
+    test = mcnemar(after, before)
+    start = "after SFT" if sft else "before RL"
+    return [f"paired on {test.n} held-out tasks: {test.c} solved only {start}, {test.b} only after RL; "
+            f"McNemar p = {fmt_p(test.p)} ({test.test})",
+            format_success_change(before, after, label=label)]

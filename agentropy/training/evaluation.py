@@ -51,7 +51,7 @@ def summarize(trajectories: list[Trajectory], samples: int = 1) -> dict[str, Any
     """Success, return, length, entropy and pass@k of a set of episodes."""
     if not trajectories:
         return {"episodes": 0, "success_rate": 0.0, "return_mean": 0.0, "length_mean": 0.0,
-                "entropy_mean": 0.0, "entropy_by_turn": []}
+                "entropy_mean": 0.0, "entropy_by_turn": [], "task_seeds": [], "success_by_task": []}
     tokens = [h for t in trajectories for s in t.steps for h in s.entropy]
     report: dict[str, Any] = {
         "episodes": len(trajectories),
@@ -63,8 +63,15 @@ def summarize(trajectories: list[Trajectory], samples: int = 1) -> dict[str, Any
         "entropy_by_turn": entropy_by_turn(trajectories),
     }
     by_task: dict[str, list[bool]] = {}
+    seed_of: dict[str, int] = {}
     for t in trajectories:
         by_task.setdefault(t.group_id, []).append(bool(t.won))
+        seed_of[t.group_id] = int(t.seed)
+    # Per-task outcomes, ordered by task seed, so that two evaluations of the same fixed set can
+    # be compared task by task (a paired test such as McNemar's needs them, not just the rate).
+    ordered = sorted(by_task, key=lambda g: seed_of[g])
+    report["task_seeds"] = [seed_of[g] for g in ordered]
+    report["success_by_task"] = [float(np.mean(by_task[g])) for g in ordered]
     for k in sorted({1, samples}):
         if k <= samples:
             report[f"pass@{k}"] = float(np.mean([pass_at_k(len(w), sum(w), k) for w in by_task.values()]))

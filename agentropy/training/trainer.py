@@ -277,6 +277,10 @@ def _reduce_eval(accelerator, report: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, float):
             out[key] = sum(r[key] * r["episodes"] for r in reports) / max(total, 1)
     out["episodes"] = total
+    # Per-task outcomes of every process, merged back into one list ordered by task seed.
+    pairs = sorted((seed, won) for r in reports for seed, won in zip(r["task_seeds"], r["success_by_task"], strict=True))
+    out["task_seeds"] = [seed for seed, _ in pairs]
+    out["success_by_task"] = [won for _, won in pairs]
     return out
 
 
