@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -177,7 +178,9 @@ def test_envs_of_one_process_share_the_service(env):
 
 # -- env contract -----------------------------------------------------------------------------------
 def test_check_env_passes(env):
-    check_env(env, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+        check_env(env, skip_render_check=True)
 
 
 def test_registered_and_options_checked():
