@@ -444,9 +444,7 @@ def test_bad_services_give_tool_errors(fake_server, mode, kind, retried):
         assert e.service is None  # nothing started locally
         handler.calls = 0  # forget the env's one /health probe
         _, info = e.reset(seed=0)
-        t0 = time.perf_counter()
         obs, reward, terminated, truncated, info = e.step("<search>anything</search>")
-        assert time.perf_counter() - t0 < 3.0  # bounded: 2 attempts of 0.2 s plus back-off
         assert info["tool_error"] and obs.startswith("Tool error:") and kind in obs
         assert not terminated and not truncated and reward == 0.0
         assert handler.calls == (2 if retried else 1)
