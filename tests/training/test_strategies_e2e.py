@@ -67,6 +67,14 @@ EXTRA = {
 }
 
 
+# Wall-clock measurements, which differ between any two runs, by exact name: every other metric
+# (env_steps, *_std, ...) must match.
+TIMING_KEYS = frozenset({
+    "time_s", "generate_s", "env_s", "prompt_s", "rollout_s", "overhead", "env_steps_per_s", "tokens_per_s",
+    "learner_tokens_per_s", "arbepo/rollout_s", "aepo/probe_generate_s",
+})
+
+
 @pytest.fixture(scope="module")
 def start_model(tmp_path_factory):
     """The tiny model after a short SFT, shared by every run (as the bench shares its start)."""
@@ -221,11 +229,11 @@ def test_resume_restores_the_arbepo_controller_and_the_siren_anchor(start_model)
     train(load_config(root / "resume_cut" / "config.yaml", ["train.stop_after=null"]), resume=True)
 
     def train_records(name):
-        timing = ("time", "_s", "overhead")
-        return [{k: v for k, v in r.items() if not any(t in k for t in timing)}
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
                 for r in read_metrics(root / name) if r["phase"] == "train"]
 
     straight, resumed = train_records("resume_straight"), train_records("resume_cut")
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
     assert "siren/anchor_turns" not in resumed[2]  # the anchor came from the checkpoint
+    assert {"env_steps", "generate_calls"} <= set(resumed[2])  # counts are compared, not filtered out
     assert json.dumps(straight[2:], sort_keys=True) == json.dumps(resumed[2:], sort_keys=True)
