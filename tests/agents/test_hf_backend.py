@@ -202,3 +202,66 @@ def test_multi_token_stop_string_ends_at_its_first_completion(model_and_tokenize
             hits += 1
             assert s.finish_reason == "stop" and s.token_ids == f.token_ids[:first] and s.text.endswith(stop)
     assert hits >= 1
+
+
+# Temperature, checked against numbers computed here rather than through token_logprobs_and_entropy
+# (which shares `_log_softmax` with the sampler, so parity tests cannot see a wrong temperature).
+# logits z = [2, 1, 0, -1]; tempered z' = z / T; log p = z' - logsumexp(z'); H = logsumexp(z') - sum p z'.
+# T = 0.5: z' = [4, 2, 0, -2]; exp(z' - 4) = [1, 0.135335, 0.018316, 0.002479], sum 1.156130,
+#   logsumexp = 4 + ln 1.156130 = 4 + 0.145078 = 4.145078; log p = [-0.145078, -2.145078, -4.145078, -6.145078];
+#   p = [0.864955, 0.117059, 0.015842, 0.002144]; sum p z' = 3.459820 + 0.234118 + 0 - 0.004288 = 3.689650;
+#   H = 4.145078 - 3.689650 = 0.455429.
+# T = 2: z' = [1, 0.5, 0, -0.5]; exp(z' - 1) = [1, 0.606531, 0.367879, 0.223130], sum 2.197540,
+#   logsumexp = 1 + ln 2.197540 = 1 + 0.787339 = 1.787339; log p = [-0.787339, -1.287339, -1.787339, -2.287339];
+#   p = [0.455054, 0.276004, 0.167405, 0.101536]; sum p z' = 0.455054 + 0.138002 + 0 - 0.050768 = 0.542288;
+#   H = 1.787339 - 0.542288 = 1.245051.
+@pytest.mark.parametrize(
+    ("temperature", "log_p", "entropy"),
+    [
+        (0.5, [-0.145078, -2.145078, -4.145078, -6.145078], 0.455429),
+        (2.0, [-0.787339, -1.287339, -1.787339, -2.287339], 1.245051),
+    ],
+)
+def test_logprob_and_entropy_at_temperature_equal_hand_values(temperature, log_p, entropy):
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 4)
+    lp, h = token_logprobs_and_entropy(logits, torch.tensor([0, 1, 2, 3]), temperature)
+    assert lp.tolist() == pytest.approx(log_p, abs=2e-6)
+    assert h.tolist() == pytest.approx([entropy] * 4, abs=2e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_generate_draws_first_tokens_from_softmax_of_logits_over_temperature(model_and_tokenizer, temperature):
+    """Frequencies of 20000 first tokens against softmax(z / T) of the model's own logits, written here
+    with torch.log_softmax (not the backend's helper): a chi-square test at p = 0.001 with a fixed seed.
+    The reported log-probs must be those same numbers. With T multiplied instead of divided, the
+    T = 2 draws would come from softmax(2 z) (max prob 0.99 instead of 0.05 for this prompt), and
+    the T = 0.5 draws from softmax(z / 2): measured, the statistic is then 3.5e5 (T = 2, 335 degrees
+    of freedom) and 2.9e6 (T = 0.5, 4), against critical values of about 420 and 18."""
+    from scipy.stats import chi2
+
+    model, tok = model_and_tokenizer
+    prompt = tok.encode("go to cabinet 1", add_special_tokens=False)
+    with torch.no_grad():
+        z = model(torch.tensor([prompt])).logits[0, -1].double()
+    log_q = torch.log_softmax(z / temperature, dim=-1)
+    draws = 20_000
+    completions = HFBackend(model, tok, eos_token_ids=()).generate(
+        [prompt], SamplingParams(n=draws, temperature=temperature, max_tokens=1, seed=123)
+    )
+    first = torch.tensor([c.token_ids[0] for c in completions])
+    observed = torch.bincount(first, minlength=z.numel()).double()
+    expected = log_q.exp() * draws
+    big = expected >= 5  # cells with at least 5 expected draws; the rest pooled into one cell
+    obs = torch.cat([observed[big], observed[~big].sum().reshape(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().reshape(1)])
+    if exp[-1] < 5:  # too small a pooled cell: merge it into the smallest kept cell
+        smallest = int(exp[:-1].argmin())
+        obs[smallest] += obs[-1]
+        exp[smallest] += exp[-1]
+        obs, exp = obs[:-1], exp[:-1]
+    statistic = float(((obs - exp) ** 2 / exp).sum())
+    dof = obs.numel() - 1
+    assert dof >= 3  # the test discriminates: several cells carry mass
+    assert statistic < chi2.ppf(0.999, dof), (statistic, dof)
+    reported = torch.tensor([c.logprobs[0] for c in completions], dtype=torch.float64)
+    assert torch.allclose(reported, log_q[first], atol=1e-4, rtol=0)

@@ -11,6 +11,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -223,7 +224,9 @@ def test_fork_replays_to_the_same_state(env, cache_dir, small_game):
 def test_passes_gymnasium_check_env(cache_dir, small_game):
     env = make_env("agentropy/ALFWorld-v0", cache_dir=str(cache_dir), games=[str(small_game)])
     try:
-        check_env(env.unwrapped, skip_render_check=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+            check_env(env.unwrapped, skip_render_check=True)
     finally:
         env.close()
 

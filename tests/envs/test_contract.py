@@ -50,7 +50,9 @@ def make_or_skip(name: str):
 def test_registered_env_passes_gymnasium_env_checker(name):
     env = make_or_skip(name)
     try:
-        check_env(env.unwrapped)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+            check_env(env.unwrapped)
         obs, info = env.reset(seed=0)
         assert set(INFO_KEYS) <= set(info), f"{name}: info lacks {set(INFO_KEYS) - set(info)}"
         _, _, _, _, info = env.step("")  # an empty action is bad input, never an exception
@@ -62,8 +64,39 @@ def test_registered_env_passes_gymnasium_env_checker(name):
 
 def test_household_env_checker_raises_no_warnings():
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
         check_env(make_env(f"{NAMESPACE}/Household-v0").unwrapped)
+
+
+@pytest.mark.parametrize(
+    ("flaw", "message"),
+    [("step observation outside the space", "not within the observation space"), ("infinite reward", "inf")],
+)
+def test_env_checker_with_warnings_as_errors_fails_on_a_flawed_env(flaw, message):
+    """The pattern the check_env tests use can fail: a Household env whose step observation is not a
+    string (outside its Text space), or whose step reward is infinite, passes a plain check_env
+    with a warning only; the warnings-as-errors filter turns that into a failure. Gymnasium's
+    logger must also be at WARN or below, else check_env's warnings are never emitted."""
+    import gymnasium
+
+    class Flawed(HouseholdEnv):
+        def step(self, action):
+            obs, reward, terminated, truncated, info = super().step(action)
+            if flaw == "step observation outside the space":
+                obs = 123
+            else:
+                reward = float("inf")
+            return obs, reward, terminated, truncated, info
+
+    assert gymnasium.logger.min_level <= gymnasium.logger.WARN
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(Flawed(), skip_render_check=True)  # no exception: a warning only
+    assert any(message in str(w.message) for w in caught)
+    with pytest.raises(UserWarning, match=message):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_env(Flawed(), skip_render_check=True)
 
 
 def test_agentropy_ids_are_registered():

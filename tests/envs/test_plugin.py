@@ -12,6 +12,7 @@ import importlib
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -62,4 +63,6 @@ def test_plugin_env_is_listed_made_and_stepped_by_id(echo_plugin):
 def test_plugin_env_passes_gymnasium_checks(echo_plugin):
     from gymnasium.utils.env_checker import check_env
 
-    check_env(make_env(PLUGIN_ID).unwrapped, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+        check_env(make_env(PLUGIN_ID).unwrapped, skip_render_check=True)

@@ -7,6 +7,7 @@ The pure helpers (action filtering, ambiguity prompts, the missing-Java error) n
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import psutil
 import pytest
@@ -44,7 +45,9 @@ def java_children() -> list[psutil.Process]:
 @pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime")
 class TestSimulator:
     def test_passes_gymnasium_env_checker(self, env):
-        check_env(env, skip_render_check=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+            check_env(env, skip_render_check=True)
         obs, info = env.reset(seed=0)
         assert set(INFO_KEYS) <= set(info)
         assert info["task_name"] == "find-living-thing"

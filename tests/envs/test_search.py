@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -177,7 +178,9 @@ def test_envs_of_one_process_share_the_service(env):
 
 # -- env contract -----------------------------------------------------------------------------------
 def test_check_env_passes(env):
-    check_env(env, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+        check_env(env, skip_render_check=True)
 
 
 def test_registered_and_options_checked():
@@ -441,9 +444,7 @@ def test_bad_services_give_tool_errors(fake_server, mode, kind, retried):
         assert e.service is None  # nothing started locally
         handler.calls = 0  # forget the env's one /health probe
         _, info = e.reset(seed=0)
-        t0 = time.perf_counter()
         obs, reward, terminated, truncated, info = e.step("<search>anything</search>")
-        assert time.perf_counter() - t0 < 3.0  # bounded: 2 attempts of 0.2 s plus back-off
         assert info["tool_error"] and obs.startswith("Tool error:") and kind in obs
         assert not terminated and not truncated and reward == 0.0
         assert handler.calls == (2 if retried else 1)

@@ -6,10 +6,12 @@ takes a few seconds to generate, a step a few milliseconds).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -60,7 +62,9 @@ def play_expert(env: TextWorldEnv, options: dict) -> tuple[float, bool, dict, li
 
 
 def test_cooking_env_passes_gymnasium_env_checker(cooking):
-    check_env(cooking, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # check_env only warns (bad observation, reward, ...)
+        check_env(cooking, skip_render_check=True)
     obs, info = cooking.reset(seed=0)
     assert set(INFO_KEYS) <= set(info)
     assert "Check the cookbook" in obs and "_____" not in obs  # the title art is stripped
@@ -172,6 +176,23 @@ def test_splits_use_disjoint_seeds_and_cooking_food_splits(tw_cache):
     test = game_path(tw_cache, "tw-cooking", settings, "test", tw.SPLIT_SEEDS["test"])
     assert train != test and "-train-0-" in train.name and "-test-2000000-" in test.name
     assert TextWorldEnv(games_per_split=2, cache_dir=tw_cache, split="dev").default_split == "valid"
+    # The food split itself: TextWorld's cooking generator draws a train game's ingredients from the
+    # train (food, preparation) pairs, and a test game's from the test foods or from train foods with
+    # test-only preparations, so no (food, cooking, cutting) of a test recipe is a train one.
+    from textworld.challenges.tw_cooking.cooking import FOOD_PREPARATIONS_SPLITS, FOODS_SPLITS
+
+    env = TextWorldEnv(challenge="tw-cooking", games_per_split=2, cache_dir=tw_cache)
+    seen = {}
+    for split in ("train", "test"):
+        metadata = json.loads(env.game_file(split, 0).with_suffix(".json").read_text())["metadata"]
+        assert metadata["settings"]["split"] == split and f"tw-cooking-{split}-" in metadata["uuid"]
+        seen[split] = [(food, (cooking, cutting)) for food, cooking, cutting in metadata["ingredients"]]
+        assert seen[split]
+    train_pairs = {(food, prep) for food, preps in FOOD_PREPARATIONS_SPLITS["train"].items() for prep in preps}
+    assert all(pair in train_pairs for pair in seen["train"]), seen["train"]
+    for food, prep in seen["test"]:
+        assert (food, prep) not in train_pairs
+        assert food in FOODS_SPLITS["test"] or prep in FOOD_PREPARATIONS_SPLITS["test"][food], (food, prep)
 
 
 def test_concurrent_generation_is_locked_and_cached(tw_cache, monkeypatch):

@@ -156,7 +156,15 @@ def test_known_answers_and_verdicts(analyzed):
     # epo has no reward_std in its metrics: the trajectories give it (returns alternate 1/3, 2/3 won)
     assert epo["per_run"][0]["reward_std"][:2] == pytest.approx([math.sqrt(2) / 3, math.sqrt(2) / 3])
     assert grpo["repeated"]["first"]["mean"] == pytest.approx((2 * 2) / (GROUPS * GROUP_SIZE * TURNS))
-    assert grpo["exp_law"]["r2"]["mean"] is not None
+    # Exp law R = -a exp(H) + b on grpo's train records: R_k = 0.2 + 0.1 k and H_k = entropy_mean =
+    # mean over turns t = 0..5 of (2 - 0.01 k (2t + 1) + 0.001 seed) + 0.25 (half the tokens are 0.5
+    # higher) = 2.25 + 0.001 seed - 0.06 k, since the mean of 2t + 1 is 36 / 6 = 6. With x_k = exp(H_k)
+    # = c exp(-0.06 k), R² = corr(x, R)² = corr(exp(-0.06 k), k)² (c and the linear map k -> R drop out),
+    # the same for both seeds. Over k = 0..5: exp(-0.06 k) = 1, 0.941765, 0.886920, 0.835270, 0.786628,
+    # 0.740818, mean 0.865234; S_xk = sum (x - 0.865234)(k - 2.5) = -0.906485, S_xx = 0.047045,
+    # S_kk = 17.5; R² = 0.906485² / (0.047045 * 17.5) = 0.998086.
+    assert grpo["exp_law"]["r2"]["mean"] == pytest.approx(0.998086, abs=2e-6)
+    assert [run["exp_law"]["r2"] for run in grpo["per_run"]] == pytest.approx([0.998086] * 2, abs=2e-6)
 
 
 def test_runs_of_different_lengths_are_aligned_not_truncated(analyzed):

@@ -1,6 +1,7 @@
-"""ArbEPO (ALGORITHMS-MORE.md 11(f) T1-T5): the bang-bang controller, episode selection, the
-entropy direction of temperature-guided REINFORCE, splicing, regularisation-row bookkeeping;
-and the closed-loop controller check of 13.3 C15."""
+"""ArbEPO (T1-T5, hand values with their derivations beside them): the bang-bang controller,
+episode selection, the entropy direction of temperature-guided REINFORCE, splicing,
+regularisation-row bookkeeping; and the check that ArbEPO is not combined with another
+closed-loop entropy controller."""
 
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ def test_t2_selection_by_group_advantage():
 
     rewards = [1.0, 0.0, 0.0, 1.0, 0.0]
     adv = grpo(torch.tensor(rewards, dtype=F64), ["g"] * 5, norm_by_std=True, eps=1e-6)
+    # mean 0.4; unbiased std sqrt((2 * 0.36 + 3 * 0.16) / 4) = sqrt(0.3) = 0.547723;
+    #   A = 0.6 / 0.547724 = 1.095443 for the two 1s, -0.4 / 0.547724 = -0.730295 for the three 0s
     assert adv.tolist() == pytest.approx([1.095443, -0.730295, -0.730295, 1.095443, -0.730295], abs=1e-6)
     reg = [_traj("g", j, r) for j, r in enumerate(rewards)] + _groups(1, [1.0, 1.0]) + [_traj("w", 0, 0.0)]
     chosen, metrics = select_regularization_episodes(reg, 1000, TemperatureController(), ArbEPOConfig(reg_max=60))
@@ -111,13 +114,24 @@ def test_t2_selection_by_group_advantage():
 def test_t3_temperature_guided_reinforce_moves_entropy_in_the_right_direction():
     z = torch.tensor([2.0, 1.0, 0.0], dtype=F64)
     pi = z.softmax(-1)
+    # z = [2, 1, 0]: exp z = [7.389056, 2.718282, 1], sum 11.107338, pi = [0.665241, 0.244728, 0.090031];
+    #   H = -sum pi ln pi = 0.271156 + 0.344481 + 0.216758 = 0.832396
     assert pi.tolist() == pytest.approx([0.665241, 0.244728, 0.090031], abs=1e-6)
     assert token_entropy(z).item() == pytest.approx(0.832396, abs=1e-6)
     zz = z.clone().requires_grad_(True)
     (grad_h,) = torch.autograd.grad(token_entropy(zz), zz)
     coef = (pi**2 * (z - (pi * z).sum()) ** 2).sum().item()
+    # z_bar = sum pi z = 1.575210; z - z_bar = [0.424790, -0.575210, -1.575210];
+    #   sum pi^2 (z - z_bar)^2 = 0.079856 + 0.019816 + 0.020112 = 0.119784
     assert coef == pytest.approx(0.119784, abs=1e-6)
     eta = 1e-4
+    # dH/dz_k = -pi_k (ln pi_k + H) = -pi_k (z_k - z_bar); the step pi^T - pi changes H by
+    #   -sum_k pi_k (z_k - z_bar)(pi^T_k - pi_k) per unit eta.
+    # T = 1.2: exp(z / 1.2) = [5.294490, 2.300976, 1], sum 8.595466, pi^T = [0.615963, 0.267696, 0.116340];
+    #   pi^T - pi = [-0.049278, 0.022968, 0.026310]; -(0.665241 * 0.424790 * -0.049278 + 0.244728 * -0.575210
+    #   * 0.022968 + 0.090031 * -1.575210 * 0.026310) = -(-0.013925 - 0.003233 - 0.003731) = 0.020890.
+    # T = 0.8: exp(z / 0.8) = [12.182494, 3.490343, 1], sum 16.672837, pi^T = [0.730679, 0.209343, 0.059978];
+    #   pi^T - pi = [0.065438, -0.035385, -0.030053]; -(0.018492 + 0.004981 + 0.004262) = -0.027735.
     for temp, pi_t, first_order in ((1.2, [0.615963, 0.267696, 0.116340], 0.020890),
                                     (0.8, [0.730679, 0.209343, 0.059978], -0.027735), (1.0, None, 0.0)):
         target = (z / temp).softmax(-1)

@@ -1,6 +1,10 @@
-"""Entropy-discriminator clipping (Clip_B / Clip_V) against ALGORITHMS-MORE.md 10(f): discriminator
-values, the two keep-masks with the cap, and the keep factor acting on the policy-gradient term
-only (T1, T3-T5)."""
+"""Entropy-discriminator clipping (Clip_B / Clip_V) against hand-computed values (T1, T3-T5; each
+derivation is written next to its numbers): discriminator values, the two keep-masks with the cap,
+and the keep factor acting on the policy-gradient term only.
+
+Formulas: for a next-token distribution q with entropy H = -sum_v q_v ln q_v and sampled token a,
+S = q_a (ln q_a + H), N = sum_v q_v^2 (ln q_v + H) (the expectation of S under q, weighted by q), and
+D = N - S. A softmax step on the logits changes the entropy by about eta * A * D per position."""
 
 from __future__ import annotations
 
@@ -33,11 +37,20 @@ def _disc(q, token):
 
 
 def test_t1_discriminator_values():
+    # q = [0.7, 0.2, 0.1]: H = 0.7 * 0.356675 + 0.2 * 1.609438 + 0.1 * 2.302585 = 0.249672 + 0.321888
+    #   + 0.230259 = 0.801819; ln q + H = 0.445144, -0.807619, -1.500766;
+    #   N = 0.49 * 0.445144 + 0.04 * (-0.807619) + 0.01 * (-1.500766) = 0.218121 - 0.032305 - 0.015008 = 0.170808.
+    # token 0: S = 0.7 * 0.445144 = 0.311601, D = 0.170808 - 0.311601 = -0.140793.
+    # token 2: S = 0.1 * (-1.500766) = -0.150077, D = 0.170808 + 0.150077 = 0.320885.
     h, n, s, d = _disc([0.7, 0.2, 0.1], 0)
     assert (h, n, s, d) == pytest.approx((0.801819, 0.170808, 0.311601, -0.140793), abs=1e-6)
     _, _, s, d = _disc([0.7, 0.2, 0.1], 2)
     assert (s, d) == pytest.approx((-0.150077, 0.320885), abs=1e-6)
     assert _disc([0.5, 0.5], 0)[1:] == pytest.approx((0.0, 0.0, 0.0), abs=1e-15)
+    # q = [0.9, 0.05, 0.05]: H = 0.9 * 0.105361 + 2 * 0.05 * 2.995732 = 0.094825 + 0.299573 = 0.394398;
+    #   token 1: S = 0.05 * (-2.995732 + 0.394398) = 0.05 * (-2.601334) = -0.130067;
+    #   N = 0.81 * (-0.105361 + 0.394398) + 2 * 0.0025 * (-2.601334) = 0.234120 - 0.013007 = 0.221113;
+    #   D = 0.221113 + 0.130067 = 0.351180.
     h, n, s, d = _disc([0.9, 0.05, 0.05], 1)
     assert (h, s, n, d) == pytest.approx((0.394398, -0.130067, 0.221113, 0.351180), abs=1e-6)
 
@@ -71,6 +84,10 @@ def test_t3_clip_b():
 def test_t4_clip_v_threshold_cap_and_zero_advantages():
     d, m = _row([0.0] * 8 + [1.0, 0.5])
     neg = -torch.ones(1, 10, dtype=F64)
+    # D = [0 x 8, 1, 0.5]: mean 0.15, population variance (8 * 0.15^2 + 0.85^2 + 0.35^2) / 10
+    #   = (0.18 + 0.7225 + 0.1225) / 10 = 0.1025, sigma_D = 0.320156. Clip_V drops A < 0 tokens with
+    #   D > mu * sigma_D (not mean-centred): mu = 1 drops D = 1 and 0.5 (> 0.320156); mu = 8.5 gives the
+    #   threshold 8.5 * 0.320156 = 2.721328 and drops none.
     keep, metrics = clip_v_mask(d, neg, m, ClipVConfig(mu=1.0, max_frac=1.0))
     assert keep[0].tolist() == [1.0] * 8 + [0.0, 0.0]
     assert metrics["edc/D_std"] == pytest.approx(0.320156, abs=1e-6) and metrics["edc/cap_hit"] == 0.0
@@ -120,6 +137,9 @@ def test_t5_tabular_softmax_entropy_change_of_the_kept_update():
     samples, adv = [0, 2], torch.tensor([1.0, -1.0], dtype=F64)
     s, d = (torch.tensor(x, dtype=F64) for x in zip(*[_disc(q.tolist(), k)[2:] for k in samples], strict=True))
     eta = 1e-5
+    # First-order entropy change per unit step: sum over kept positions of A_j D_j, with D from T1
+    #   (token 0: -0.140793, token 2: 0.320885): both kept 1 * (-0.140793) + (-1) * 0.320885 = -0.461678;
+    #   only the first kept: -0.140793.
     for keep, expected in (([1.0, 1.0], -0.461678), ([1.0, 0.0], -0.140793)):
         z = q.log().repeat(2, 1).requires_grad_(True)  # one logit vector per position
         logp = torch.log_softmax(z, -1)[[0, 1], samples]

@@ -108,7 +108,14 @@ def test_process_pool_matches_inline(process_pool):
     with EnvPool(CORRIDOR, mode="inline") as inline:
         expected = _play(inline)
     assert _play(process_pool) == expected
-    assert "marks mark" in expected[-1][0][0] or expected[-1][0][0].startswith("room")
+    # PLAN forward, mark, back, forward, forward moves every corridor 0 -> 1 -> 1 ("mark" is invalid:
+    # "Nothing happens.", and recorded) -> 0 -> 1 -> 2. Goals are 2 + integers(0, 4) of each env's seeded
+    # RNG: 5, 3, 3, 4 for seeds 100..103, so no corridor ends before the plan does.
+    assert [r[0] for r in expected[2]] == [NOTHING_HAPPENS] * 4
+    assert [r[0] for r in expected[-1]] == [
+        f"room 2 of {goal} (seed {100 + slot}, marks mark)" for slot, goal in enumerate((5, 3, 3, 4))
+    ]
+    assert [r[1:4] for r in expected[-1]] == [(0.0, False, False)] * 4
 
 
 def test_fork_by_state_and_by_replay_continue_identically(process_pool):
@@ -146,6 +153,7 @@ def test_env_that_raises_is_reported_and_restarted(mode):
         assert pool.stats["env_error"] == 1
 
 
+@pytest.mark.timeout(120)  # a guard against the hang itself; the counts below are the checks
 def test_hung_env_times_out_and_other_envs_keep_their_state():
     with (EnvPool(CORRIDOR, {"faults": {102: "hang"}}, mode="process", num_workers=2, step_timeout_s=1.0) as pool,
           EnvPool(CORRIDOR, mode="inline") as ref):
@@ -153,10 +161,8 @@ def test_hung_env_times_out_and_other_envs_keep_their_state():
         items = [(0, 100, None), (1, 101, None), (2, 103, None), (4, 102, None)]
         pool.reset(items)
         pool.step([(s, "forward") for s, _, _ in items])
-        t0 = time.monotonic()
         res = dict(zip([4, 0, 1, 2], pool.step([(4, "fault"), (0, "forward"), (1, "forward"), (2, "forward")]),
                        strict=True))
-        assert time.monotonic() - t0 < 10
         assert res[4] == EnvFault("env_timeout", detail="step on slot 4")
         ref.reset([(0, 100, None), (2, 103, None)])
         for _ in range(2):

@@ -1,5 +1,10 @@
-"""STEER: the entropy-change estimate Omega and the token weights, against the hand-computed
-values of ALGORITHMS-MORE.md 8(f) (T1-T5), plus the mini-batch scope and exemptions."""
+"""STEER: the entropy-change estimate Omega and the token weights, against hand-computed values
+(T1-T5; each derivation is written next to its numbers), plus the mini-batch scope and exemptions.
+
+Formulas: Omega_j = (A_j / q_j) p_j (1 - p_j) (ln p_j + H_j) with p = current, q = old probability
+of the sampled token; exponential weights k = -ln(w_min) / max(|Omega|_max, 0.02),
+w_j = clip(exp(-k |Omega_j|), w_min, 1), w_min = 0.8; linear weights
+w_j = clip(w_max - (|Omega_j| - |Omega|_min)(w_max - w_min) / (|Omega|_max - |Omega|_min), w_min, w_max)."""
 
 from __future__ import annotations
 
@@ -26,11 +31,19 @@ def _t1():
 def test_t1_omega_and_exponential_weights():
     logp, h, a, m = _t1()
     omega = entropy_change_estimate(logp, logp, h, a, m)
+    # On-policy (q = p): Omega = A p (1 - p) (ln p + H).
+    #   p=0.5, H=1.0, A=+1: 0.25 * (-0.693147 + 1.0 = 0.306853)  = 0.153426
+    #   p=0.9, H=0.5, A=+1: 0.09 * (-0.105361 + 0.5 = 0.394639)  = 0.039464
+    #   p=0.2, H=2.0, A=-1: -0.16 * (-1.609438 + 2.0 = 0.390562) = -0.312450
+    #   p=0.7, H=0.3, A=+1: 0.21 * (-0.356675 + 0.3 = -0.056675) = -0.017002 (masked)
     assert omega[0, :3].tolist() == pytest.approx([0.153426, 0.039464, -0.312450], abs=1e-6)
     assert omega[0, 3].item() == 0.0  # masked: its value -0.017002 never enters
     unmasked = entropy_change_estimate(logp, logp, h, a, torch.ones(1, 4))
     assert unmasked[0, 3].item() == pytest.approx(-0.017002, abs=1e-6)
     w, stats = steer_weights(omega, m)
+    # k = ln(1.25) / 0.312450 = 0.223144 / 0.312450 = 0.714175; w = exp(-k |Omega|):
+    #   exp(-0.714175 * 0.153426) = exp(-0.109573) = 0.896217; exp(-0.714175 * 0.039464) = exp(-0.028184)
+    #   = 0.972209; exp(-0.714175 * 0.312450) = exp(-0.223144) = 0.8; the masked token gets 0.
     assert w[0].tolist() == pytest.approx([0.896217, 0.972209, 0.8, 0.0], abs=1e-6)
     k = math.log(1.25) / abs(omega[0, 2].item())
     assert k == pytest.approx(0.714175, abs=1e-6)
@@ -45,10 +58,14 @@ def test_t2_linear_weights_and_masking():
     logp, h, a, m = _t1()
     cfg = STEERConfig(mode="linear", w_min=0.8, w_max=1.2)
     w, _ = steer_weights(entropy_change_estimate(logp, logp, h, a, m), m, cfg)
+    # |Omega| = 0.153426, 0.039464, 0.312450 (T1): min 0.039464, max 0.312450, span 0.272986;
+    #   w = 1.2 - (|Omega| - 0.039464) * 0.4 / 0.272986: 1.2 - 0.113962 * 1.465276 = 1.033013, 1.2, 0.8.
     assert w[0].tolist() == pytest.approx([1.033013, 1.2, 0.8, 0.0], abs=1e-6)
     # the values the masked 4th token would give if it (wrongly) entered the min/max
     full = torch.ones(1, 4)
     w_all, _ = steer_weights(entropy_change_estimate(logp, logp, h, a, full), full, cfg)
+    # with |Omega| = 0.017002 in the range: min 0.017002, span 0.295447; w = 1.2 - (|Omega| - 0.017002)
+    #   * 0.4 / 0.295447: 1.2 - 0.136424 * 1.353880 = 1.015298, 1.2 - 0.022462 * 1.353880 = 1.169590, 0.8, 1.2
     assert w_all[0].tolist() == pytest.approx([1.015298, 1.169590, 0.8, 1.2], abs=1e-6)
 
 
@@ -77,8 +94,14 @@ def test_t4_off_policy():
     a = torch.tensor([[1.0, 1.0, -1.0]], dtype=F64)
     m = torch.ones(1, 3)
     omega = entropy_change_estimate(p.log(), q.log(), h, a, m)
+    # Omega = (A / q) p (1 - p) (ln p + H):
+    #   2.0 * 0.24 * (-0.510826 + 1.0 = 0.489174) = 0.234804
+    #   1.111111 * 0.09 * (-0.105361 + 0.5 = 0.394639) = 0.039464
+    #   -4.0 * 0.16 * (-1.609438 + 2.0 = 0.390562) = -0.249960
     assert omega[0].tolist() == pytest.approx([0.234804, 0.039464, -0.249960], abs=1e-6)
     w, _ = steer_weights(omega, m)
+    # k = 0.223144 / 0.249960 = 0.892718; exp(-0.892718 * 0.234804) = exp(-0.209614) = 0.810898,
+    #   exp(-0.892718 * 0.039464) = exp(-0.035230) = 0.965383, exp(-0.223144) = 0.8
     assert w[0].tolist() == pytest.approx([0.810898, 0.965383, 0.8], abs=1e-6)
 
 
@@ -89,6 +112,8 @@ def test_t5_loss_and_gradient_are_w_times_ppo():
     w, _ = steer_weights(omega, m)
     assert not w.requires_grad and not omega.requires_grad
     loss, _ = clipped_surrogate(logp, logp0, a, m, 0.2, 0.28, 10.0, token_weights=w)
+    # At rho = 1 the loss is -(1/3) sum_j w_j rho_j A_j over the 3 valid tokens, and its gradient in
+    # log p_j is -w_j A_j / 3: -0.896217 / 3 = -0.298739, -0.972209 / 3 = -0.324070, +0.8 / 3 = 0.266667.
     assert loss.item() == pytest.approx((-0.896217 - 0.972209 + 0.8) / 3, abs=1e-6)  # -0.356142
     (grad_steer,) = torch.autograd.grad(loss, logp)
     assert grad_steer[0].tolist() == pytest.approx([-0.298739, -0.324070, 0.266667, 0.0], abs=1e-6)

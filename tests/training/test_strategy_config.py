@@ -10,7 +10,10 @@ import torch
 import yaml
 
 from agentropy.configuration import ConfigError, from_dict
+from agentropy.training.advantages import grpo
 from agentropy.training.methods import compose_advantages
+from agentropy.training.methods.aepo import aepo_factor
+from agentropy.training.methods.empg import empg_modulate
 from agentropy.training.strategy_config import (
     AEPOConfig,
     SPEARConfig,
@@ -167,6 +170,21 @@ def test_all_strategies_compose_on_a_small_batch():
         cfg=cfg,
     )
     assert torch.isfinite(res.token_advantages).all() and (res.token_advantages[mask == 0] == 0).all()
+    # The same numbers composed by hand, in the fixed order base -> EMPG -> AEPO factor: EPO, SPEAR and
+    # Clip-Cov act on the loss, not on advantages. Base: GRPO over returns [1, 1, 0, 0] (mean 0.5,
+    # unbiased std sqrt(1/3) = 0.577350): +-0.5 / (0.577350 + eps 1e-6) = +-0.866024. Turn entropies (mean over
+    # the reply tokens): (0.2 + 0.6) / 2 = 0.4, (1 + 3 + 2) / 3 = 2.0, 0.5, (2 + 2) / 2 = 2.0.
+    adv, empg, aepo = cfg.advantage, cfg.empg, cfg.aepo
+    assert (adv.estimator, adv.episode_stats, aepo.entropy_advantage) == ("grpo", "all_steps", True)
+    assert not getattr(cfg, "canon", None) or not cfg.canon.enabled
+    base = grpo([1.0, 1.0, 0.0, 0.0], ["g"] * 4, norm_by_std=adv.norm_by_std, eps=adv.eps).double()
+    assert base.tolist() == pytest.approx([0.866024, 0.866024, -0.866024, -0.866024], abs=1e-6)
+    step, _ = empg_modulate([0.4, 2.0, 0.5, 2.0], base, ["A", "A", "B", "B"], [0, 1, 0, 1],
+                            k=empg.k, k_prime=empg.k_prime, zeta=empg.zeta, eps=empg.eps)
+    expected = step.unsqueeze(-1) * mask * aepo_factor(entropy.double(), mask, aepo.adv_weight, aepo.z_scope)
+    assert torch.allclose(res.token_advantages.double(), expected, atol=1e-6, rtol=0)
+    # EMPG's modulation did act: the steps differ from the base (the high-entropy turns are damped)
+    assert not torch.allclose(step, base, atol=1e-3)
 
 
 def test_loader_refuses_unknown_and_ill_typed_strategy_fields():

@@ -12,6 +12,13 @@ from agentropy.training.config import load_config
 from agentropy.training.run_log import read_metrics
 from agentropy.training.trainer import train
 
+# Wall-clock measurements, which differ between any two runs, by exact name: every other metric
+# (env_steps, *_std, ...) must match.
+TIMING_KEYS = frozenset({
+    "time_s", "generate_s", "env_s", "prompt_s", "rollout_s", "overhead", "env_steps_per_s", "tokens_per_s",
+    "learner_tokens_per_s", "arbepo/rollout_s", "aepo/probe_generate_s",
+})
+
 
 def small_config(tmp_path, name, tiny_dir, extra=()):
     overrides = [
@@ -63,13 +70,13 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny_dir):
     train(resumed_cfg, resume=True)
 
     def train_records(name):
-        timing = ("time", "_s", "overhead")  # wall-clock measurements differ between any two runs
-        return [{k: v for k, v in r.items() if not any(t in k for t in timing)}
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
                 for r in read_metrics(tmp_path / name) if r["phase"] == "train"]
 
     straight, resumed = train_records("straight"), train_records("cut")
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3]
     assert all(r["old_logprobs_recomputed"] == 0.0 for r in resumed)  # hf backend: exact sampler numbers
+    assert {"env_steps", "generate_calls"} <= set(resumed[2])  # counts are compared, not filtered out
     assert json.dumps(straight[2:], sort_keys=True) == json.dumps(resumed[2:], sort_keys=True)
     a = load_checkpoint(latest_checkpoint(tmp_path / "straight"))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "cut"))["model"]

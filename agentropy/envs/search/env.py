@@ -104,7 +104,7 @@ def _cleanup(client: SearchClient, service: ServiceProcess | None, shared: bool)
 class SearchEnv(gym.Env[str, str]):
     """Multi-hop question answering with a search tool over HTTP (see the module docstring)."""
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, config: SearchConfig | None = None, render_mode: str | None = None, **kwargs: Any) -> None:
         self.config = _config_from(config, kwargs)
