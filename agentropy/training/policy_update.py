@@ -23,7 +23,9 @@ the advantage pipeline and of every batch statistic; the loss gets them as ``exe
 from __future__ import annotations
 
 import copy
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,32 @@ def _without_rows(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.where(rows.unsqueeze(-1), torch.zeros_like(mask), mask)
 
 
+def _rolled_back_on_nonfinite(update: Callable[..., dict[str, float]]) -> Callable[..., dict[str, float]]:
+    """Non-finite values never reach the weights: every loss and gradient norm is checked before
+    its optimizer step, and when an iteration steps more than once (several mini-batches or
+    epochs, a method's extra steps) and a later step fails, the weights, the optimizer and the
+    update state go back to where the iteration started before the error propagates."""
+
+    @functools.wraps(update)
+    def guarded(model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, state,
+                regularization=None):
+        steps = cfg.train.ppo_epochs * max(1, cfg.train.mini_batches)
+        several = steps > 1 or any(m.after_on_policy is not None for m in methods.enabled_methods(cfg.strategy))
+        snapshot = TrainingSnapshot.take(policy, optimizer) if several else None
+        state_before = copy.deepcopy(state.state_dict()) if several else None
+        try:
+            return update(model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, state,
+                          regularization)
+        except NonFiniteError:
+            if snapshot is not None:
+                snapshot.restore(policy, optimizer)
+                state.load_state_dict(state_before)
+            raise
+
+    return guarded
+
+
+@_rolled_back_on_nonfinite
 def iteration_update(
     model: torch.nn.Module,
     policy: torch.nn.Module,
@@ -141,39 +169,9 @@ def iteration_update(
 
     ``regularization``: extra episodes the trainer collected for a method (sampled at another
     temperature), handed to the methods' ``select_batch`` hooks.
-
-    Non-finite values never reach the weights: every loss and gradient norm is checked before
-    its optimizer step, and when an iteration steps more than once (several mini-batches or
-    epochs, a method's extra steps) and a later step fails, the weights, the optimizer and the
-    update state go back to where the iteration started before the error propagates.
+    A NaN/inf loss or gradient norm raises :class:`~agentropy.nonfinite.NonFiniteError` with the
+    weights, optimizer and update state as they were at the iteration start.
     """
-    steps = cfg.train.ppo_epochs * max(1, cfg.train.mini_batches)
-    several = steps > 1 or any(m.after_on_policy is not None for m in methods.enabled_methods(cfg.strategy))
-    snapshot = TrainingSnapshot.take(policy, optimizer) if several else None
-    state_before = copy.deepcopy(state.state_dict()) if several else None
-    try:
-        return _update(model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration, state,
-                       regularization)
-    except NonFiniteError:
-        if snapshot is not None:
-            snapshot.restore(policy, optimizer)
-            state.load_state_dict(state_before)
-        raise
-
-
-def _update(
-    model: torch.nn.Module,
-    policy: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    accelerator: Any,
-    tokenizer: Any,
-    trajectories: list[Trajectory],
-    cfg: Any,
-    iteration: int,
-    state: UpdateState,
-    regularization: list[Trajectory] | None = None,
-) -> dict[str, float]:
-    """The update's numbered steps (see the module docstring)."""
     train = cfg.train
     active = methods.enabled_methods(cfg.strategy)
 

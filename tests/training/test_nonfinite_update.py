@@ -31,17 +31,16 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture
 def iteration_start(monkeypatch):
-    """Records the policy object and its weights when the update begins (after the snapshot)."""
+    """Records the policy and a copy of its weights when the iteration's update begins."""
     seen = {}
-    real = policy_update._update
+    real = policy_update.TrainingSnapshot.take
 
-    def recording(model, policy, optimizer, *args, **kwargs):
+    def recording(policy, optimizer):
         seen["policy"] = policy
         seen["weights"] = {k: v.detach().clone() for k, v in policy.state_dict().items()}
-        seen["adam_steps"] = len(optimizer.state)
-        return real(model, policy, optimizer, *args, **kwargs)
+        return real(policy, optimizer)
 
-    monkeypatch.setattr(policy_update, "_update", recording)
+    monkeypatch.setattr(policy_update.TrainingSnapshot, "take", staticmethod(recording))
     return seen
 
 
