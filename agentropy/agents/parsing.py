@@ -10,7 +10,7 @@ case-insensitively; the content is stripped and its whitespace runs collapsed to
 A reply with no complete element (or an empty one) yields ``ParsedAction(action="",
 valid=False, reason=...)``: the rollout still sends the empty action, the environment answers
 it as an invalid action, and the rollout adds :func:`format_reward` (``-format_penalty``) to
-that turn's reward (ALGORITHMS.md section 1.1, "invalid-action penalty 0.1").
+that turn's reward (0.1 by default, the invalid-action penalty of verl-agent's ALFWorld setup).
 :func:`parse_action` never raises on any string.
 """
 
@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-#: Reward added to a turn whose reply has no parseable action (ALGORITHMS.md 1.1: coef 0.1).
+#: Reward added to a turn whose reply has no parseable action (verl-agent's invalid-action penalty, 0.1).
 DEFAULT_FORMAT_PENALTY = 0.1
 
 

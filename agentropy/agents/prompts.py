@@ -1,10 +1,11 @@
 """The per-turn context: system prompt, a memory of recent turns, the current observation.
 
-Each turn of an episode is one training sample (DESIGN.md, "data flow"): its prompt is built
-here from the task, the last ``memory_turns`` (observation, action) pairs and the current
-observation, then rendered with the tokenizer's own chat template, so a real chat checkpoint
+Each turn of an episode is one training sample, which keeps a long episode's cost linear: its
+prompt is built here from the task, the last ``memory_turns`` (observation, action) pairs and
+the current observation, then rendered with the tokenizer's own chat template, so a real chat checkpoint
 (Qwen2.5-Instruct, Llama-3-Instruct, ...) sees the format it was tuned on and the tiny model
-sees its ChatML template. Layout (ALGORITHMS.md 0.2, "step-wise samples"):
+sees its ChatML template. Layout (verl-agent's step-wise samples: observations live in the
+prompt and are never trained, the reply is the only trained part):
 
 * system: the task, the action format ``<action>...</action>``, the admissible actions;
 * user: ``(N earlier turns omitted)``, then ``[Step i] Observation: ...`` / ``[Step i] Action:

@@ -1,4 +1,4 @@
-"""The environment contract every agentropy env follows (see DESIGN.md, "Contracts").
+"""The environment contract every agentropy env follows.
 
 An agentropy environment is a plain ``gymnasium.Env[str, str]``:
 

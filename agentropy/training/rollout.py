@@ -13,7 +13,8 @@ One *round* of :func:`collect`:
 
 A group (one task) shares the task, the env seed and the reset options, so its G episodes
 differ only by the sampled replies. The completion's token ids, log-probs and entropies are
-stored as the backend returned them, never re-tokenised (USERS.md: SkyRL #123).
+stored as the backend returned them, never re-tokenised: decoding and re-encoding between turns
+can change the tokens the policy saw (a problem reported in SkyRL's issue #123).
 
 Env faults never stop the batch: an episode whose env raised, hung past ``step_timeout_s`` or
 lost its worker process ends with ``truncation_reason`` ``"env_error: ..."``, ``"env_timeout"``

@@ -191,8 +191,10 @@ class SIRENConfig:
     top_p: float = 0.8  # P: nucleus mass; the token whose cumulative sum reaches P is excluded (entropy_topp)
     top_k: int = 10000  # K: candidates considered for the nucleus (entropy_topk)
     quantile: float = 0.8  # q: positions with H^P > the q-quantile of their row are selected (mask_ratio)
-    row: Literal["trajectory", "turn"] = "trajectory"  # unit of the quantile and of s_i: whole trajectory (14 default) or step-sample (code)
-    anchor: Literal["global", "per_turn"] = "global"  # one anchor (code) or one per turn index with global fallback (14 option)
+    # unit of the quantile and of s_i: the whole trajectory (default) or each step-sample (code)
+    row: Literal["trajectory", "turn"] = "trajectory"
+    # one anchor (code) or one per turn index, global fallback (our option, like EPO's per-turn reference)
+    anchor: Literal["global", "per_turn"] = "global"
 
     def __post_init__(self) -> None:
         if not self.coef >= 0.0:
@@ -257,7 +259,8 @@ class ArbEPOConfig:
     reg_ratio: float = 60 / 2560  # r_reg: N_reg = max(1, round(r_reg N_main)) trajectories (60 at the paper's 2560)
     reg_max: int | None = None  # fixed N_reg instead of the ratio (code: reinforce_sample_num 60); null = ratio
     halve_above_target: bool = True  # n_reg = floor(min(N_reg, kept) / 2) while above the target (hard-coded)
-    mix: Literal["add", "replace"] = "add"  # add to the main batch (paper form, 14) or replace the first n_reg main trajectories (code)
+    # add to the main batch (the paper's form) or replace the first n_reg main trajectories (code)
+    mix: Literal["add", "replace"] = "add"
     reg_token_weight: float = 1.0  # multiplies the per-token loss of regularisation tokens (add mode: alpha = this x their token share)
     entropy_state: Literal["full_old", "surprisal_update"] = "full_old"  # H_state: main-batch full entropy of the recompute or update-batch surprisal (code)
 

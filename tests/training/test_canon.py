@@ -1,5 +1,6 @@
 """CANON (docs/methods/canon.md): the median split, the inter/intra mix, mu = 1/2 equal
-to Dr.GRPO, zero-sum groups for every mu, schedules, and the multi-turn mapping of 14."""
+to Dr.GRPO, zero-sum groups for every mu, schedules, and the multi-turn mapping (a trajectory,
+split by its turn-averaged entropy, is the unit)."""
 
 from __future__ import annotations
 

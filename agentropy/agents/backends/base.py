@@ -1,4 +1,4 @@
-"""The generation-backend contract (DESIGN.md, "Generation backend").
+"""The generation-backend contract: ``generate(prompts, params) -> list[Completion]``.
 
 Every backend turns token-id prompts into completions that report, for each generated
 token, the log-probability of the sampled token and the entropy of the distribution it was

@@ -2,7 +2,8 @@
 
 Why our own loop rather than ``model.generate``: the trainer needs, for every generated token,
 the log-probability of the sampled token and the entropy of the distribution it came from,
-exactly as its own teacher-forced forward pass will recompute them (ALGORITHMS.md 0.3):
+exactly as its own teacher-forced forward pass will recompute them (logits divided by the
+sampling temperature, as in verl; docs/methods/README.md, "Samples, tokens and entropy"):
 
     z' = z / T,   log p = z' - logsumexp(z'),   H = -sum_v p_v log p_v = logsumexp(z') - sum_v p_v z'_v
 

@@ -11,7 +11,7 @@ that hosts it (this one, when in-process).
 What it reports. Prompts go in as token ids (``TokensPrompt``); every generated token comes
 back with its top-``k`` log-probs. The engine is built with
 ``logprobs_mode="processed_logprobs"`` so that log-probs are those of the distribution the
-token was sampled from (logits divided by the temperature, ALGORITHMS.md §0.3), the same
+token was sampled from (``softmax(logits / T)``, as verl computes log-probs and entropy), the same
 convention as the ``hf`` backend and the trainer; vLLM's default (``raw_logprobs``) would
 ignore the temperature. Greedy (T = 0) reports T = 1, as ``hf`` does. With ``top_p < 1``
 the processed distribution is the renormalised nucleus, whereas ``hf`` reports the full

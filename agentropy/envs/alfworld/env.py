@@ -25,7 +25,7 @@ hand-coded expert's next command by default, ALFWorld's own default; ``expert="p
 fast-downward in a time-boxed subprocess, which takes seconds and is redone whenever the agent
 leaves the plan; ``expert=None`` turns it off and steps faster), ``invalid_action``,
 ``game_file``. The issue asked for the planner by default; it is not, because it can search for
-minutes on kitchen games (``ALFWORLD.md``, pitfall 2).
+minutes on kitchen games (on some kitchen pick_two games, over 10 minutes at 2 GB without a plan).
 
 One env keeps one engine; the engine keeps the last games' PDDL translations in memory and
 every translation on disk (``<cache_dir>/translations``), so a game is translated once per

@@ -193,7 +193,8 @@ def turn_entropy(trajectories: Iterable[Trajectory]) -> dict[int, float]:
     """H_t: mean token entropy of all reply tokens at turn index t (token-weighted).
 
     H_t = Σ_{replies i at turn t} Σ_j H_{i,j} / Σ_i |reply_i|; turns with no reply token are absent.
-    This is the per-turn vector H̄_k[t] of EPO's reference (ALGORITHMS.md 2(c) step 2).
+    This is the per-turn vector H̄_k[t] that EPO averages over iterations into its reference
+    (docs/methods/epo.md).
     """
     sums: dict[int, float] = defaultdict(float)
     counts: dict[int, int] = defaultdict(int)

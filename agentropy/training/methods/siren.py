@@ -120,8 +120,9 @@ def peak_entropy_mask(
         M_j   = 1[H^P_j > tau_i] * m_j                      (strict: a row of equal values selects none)
 
     A "row" is the set of step-samples sharing a ``row_ids`` entry (pass ``traj_ids`` for the
-    trajectory rows of the multi-turn default, 14), or each step-sample alone when ``row_ids`` is
-    None. Shapes: ``h_topp``, ``mask`` ``[B, L]``, ``row_ids`` length ``B`` -> bool ``[B, L]``.
+    trajectory rows of the multi-turn default, ``siren.row: trajectory``), or each step-sample
+    alone when ``row_ids`` is None. Shapes: ``h_topp``, ``mask`` ``[B, L]``, ``row_ids`` length
+    ``B`` -> bool ``[B, L]``.
     """
     if h_topp.shape != mask.shape or h_topp.dim() != 2:
         raise ValueError(f"h_topp {tuple(h_topp.shape)} and mask {tuple(mask.shape)} must be the same [B, L]")
@@ -154,8 +155,8 @@ class SIRENAnchor:
 
     :meth:`set_from` takes the old policy's top-p entropies of the whole first rollout batch
     (recompute pass, no gradient) and stores ``H_anchor = H^sel`` computed exactly as the loss
-    computes it. With ``per_turn=True`` (``siren.anchor: per_turn``, 14 [reading]) it also
-    stores one anchor per turn index,
+    computes it. With ``per_turn=True`` (``siren.anchor: per_turn``, our option, not in the
+    authors' code, modelled on EPO's per-turn reference) it also stores one anchor per turn index,
 
         H_anchor[t] = sum_i (1/n_i) sum_{j in i, turn t} M_j H^P_j  /  sum_i (1/n_i) #{j in i, turn t: M_j = 1}
 
