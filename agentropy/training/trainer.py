@@ -25,6 +25,7 @@ import torch
 
 from agentropy.configuration import save as save_config
 from agentropy.configuration import to_dict
+from agentropy.nonfinite import NonFiniteError, nonfinite_tensors
 from agentropy.training import checkpoint as ckpt
 from agentropy.training.config import Config
 from agentropy.training.evaluation import evaluate_policy
@@ -35,7 +36,6 @@ from agentropy.training.methods.arbepo import (
     select_regularization_tasks,
 )
 from agentropy.training.model_setup import build_backend, load_policy, resolve_device
-from agentropy.nonfinite import NonFiniteError, nonfinite_tensors
 from agentropy.training.policy_update import UpdateState, iteration_update
 from agentropy.training.rollout import TaskSpec, collect, resolve_config, run_seed, shared_pool
 from agentropy.training.run_folder import run_identity, start_run

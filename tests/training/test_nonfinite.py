@@ -16,9 +16,9 @@ from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
 
 from agentropy.agents.backends.base import SamplingParams  # noqa: E402
 from agentropy.agents.backends.hf import HFBackend  # noqa: E402
+from agentropy.nonfinite import NonFiniteError, require_finite  # noqa: E402
 from agentropy.training import checkpoint as ckpt  # noqa: E402
 from agentropy.training import sft  # noqa: E402
-from agentropy.nonfinite import NonFiniteError, require_finite  # noqa: E402
 from agentropy.training.snapshot import TrainingSnapshot  # noqa: E402
 
 

@@ -86,8 +86,8 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, tiny_dir):
 
 
 def test_nonfinite_loss_stops_and_saves_batch(tmp_path, tiny_dir, monkeypatch):
-    from agentropy.training import methods
     from agentropy.nonfinite import NonFiniteError
+    from agentropy.training import methods
 
     real = methods.policy_loss
 
