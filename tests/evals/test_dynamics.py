@@ -83,7 +83,7 @@ def test_turn_entropy_is_token_weighted_and_skips_probes_and_branch_prefixes():
         traj("p", "g", [step(0, [100.0])], kind="probe"),
         traj("c", "g", [step(0, [100.0], branch_prefix=True), step(1, [4.0])], kind="branch"),
     ]
-    assert dyn.turn_entropy(trajs) == {0: pytest.approx(1.5), 1: pytest.approx(3.0)}
+    assert dyn.token_entropy_by_turn(trajs) == {0: pytest.approx(1.5), 1: pytest.approx(3.0)}
 
 
 def test_entropy_map_averages_runs_aligned_by_step():

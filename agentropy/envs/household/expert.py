@@ -37,12 +37,6 @@ def plan(state: State) -> list[str]:
     return _plan_place(world, state, 1)
 
 
-def next_action(state: State) -> str | None:
-    """The first command of :func:`plan`, or ``None`` when the goal is reached."""
-    steps = plan(state)
-    return steps[0] if steps else None
-
-
 class _Sim:
     """A scratch copy of the few state fields a plan changes, recording the commands."""
 

@@ -202,11 +202,6 @@ class State:
         )
 
 
-def accessible(world: World, state: State, r: int) -> bool:
-    """Whether the inside of receptacle ``r`` can be reached (not a closed openable)."""
-    return not world.openable[r] or bool(state.opened >> r & 1)
-
-
 def local_actions(world: World, state: State) -> dict[str, tuple[int, int, int]]:
     """Valid commands other than ``go to``, with their operations, in display order."""
     ops: dict[str, tuple[int, int, int]] = {}

@@ -30,7 +30,7 @@ from agentropy.evals.dynamics.statistics import (
     post_observation_contrast,
     repeated_output_rate,
     state_recurrence,
-    turn_entropy,
+    token_entropy_by_turn,
     turn_halves,
 )
 from agentropy.training.run_log import read_metrics
@@ -72,7 +72,7 @@ def iteration_stats(iteration: int, trajectories: Sequence[Trajectory], n_head: 
         success_rate=float(np.mean([t.won for t in trajs])) if trajs else math.nan,
         return_mean=float(np.mean([t.episode_return for t in trajs])) if trajs else math.nan,
         reward_std=group_reward_std(trajs),
-        turn_entropy=turn_entropy(trajs),
+        turn_entropy=token_entropy_by_turn(trajs),
         turn_replies=dict(Counter(s.turn for t in trajs for s in analysed_steps(t) if s.entropy)),
         post_obs=post_observation(trajs, n_head),
         recurrence=state_recurrence(trajs),

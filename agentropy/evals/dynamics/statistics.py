@@ -2,7 +2,7 @@
 
 1. the entropy-reward law R = -a exp(H) + b (Clip-Cov paper), :func:`fit_exp_law`;
 2. monotone entropy decline under GRPO, :func:`entropy_decline`;
-3. the per-turn entropy map turn x step, :func:`turn_entropy` / :func:`entropy_map`;
+3. the per-turn entropy map turn x step, :func:`token_entropy_by_turn` / :func:`entropy_map`;
 4. per-turn drift between the first and last iteration: descriptive D(T) ~ c T^p
    (:func:`cumulative_drift`, :func:`fit_power_law`) and, for verdicts, the drift net of a
    split-half noise floor (:func:`turn_halves`, :func:`drift_vs_noise`);
@@ -189,7 +189,7 @@ def analysed_steps(trajectory: Trajectory) -> list[Step]:
 # ----------------------------------------------------------------------------------------------
 
 
-def turn_entropy(trajectories: Iterable[Trajectory]) -> dict[int, float]:
+def token_entropy_by_turn(trajectories: Iterable[Trajectory]) -> dict[int, float]:
     """H_t: mean token entropy of all reply tokens at turn index t (token-weighted).
 
     H_t = Σ_{replies i at turn t} Σ_j H_{i,j} / Σ_i |reply_i|; turns with no reply token are absent.
