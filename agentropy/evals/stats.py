@@ -136,18 +136,18 @@ def paired_difference(arm: ArrayLike, baseline: ArrayLike, arm_label: str = "arm
     """Compare ``arm`` with ``baseline`` unit by unit (same seeds, same tasks, same order).
 
     Mean of the differences, its Student-t interval and the two-sided paired t-test p-value
-    (``scipy.stats.ttest_rel``). Differences that are all equal have SD 0: the interval has zero
-    width and p is 1 when they are all 0, else 0 (the t statistic is infinite). One pair gives
-    ``nan`` for the interval and p."""
+    (``scipy.stats.ttest_rel``). One pair gives ``nan`` for the interval and p. Differences that
+    are all equal have SD 0, which leaves the t interval and test undefined rather than certain
+    (three seeds that each differ by one task out of 64 are not proof of anything): the interval
+    and p are then ``nan`` (shown as n/a), and the task-level comparison (:func:`mcnemar`) is the
+    one to read."""
     x, y = _paired(arm, baseline, (arm_label, baseline_label))
     diffs = x - y
     est = mean_ci_t(diffs, level)
-    if diffs.size < 2:
-        p = math.nan
-    elif est.sd == 0.0:
-        p = 1.0 if est.value == 0.0 else 0.0
-    else:
-        p = float(sps.ttest_rel(x, y).pvalue)
+    if diffs.size < 2 or est.sd == 0.0:
+        return PairedDifference(arm_label, baseline_label, diffs.size, est.value, math.nan, math.nan, math.nan,
+                                est.sd, level)
+    p = float(sps.ttest_rel(x, y).pvalue)
     return PairedDifference(arm_label, baseline_label, diffs.size, est.value, est.lo, est.hi, p, est.sd, level)
 
 
