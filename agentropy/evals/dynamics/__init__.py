@@ -15,6 +15,7 @@ One module per job:
 from agentropy.evals.dynamics.analysis import *  # noqa: F403
 from agentropy.evals.dynamics.common import *  # noqa: F403
 from agentropy.evals.dynamics.loading import *  # noqa: F403
+from agentropy.evals.dynamics.records import *  # noqa: F403
 from agentropy.evals.dynamics.render import *  # noqa: F403
 from agentropy.evals.dynamics.statistics import *  # noqa: F403
 from agentropy.evals.dynamics.verdicts import *  # noqa: F403

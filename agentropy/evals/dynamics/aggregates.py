@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentropy.evals.dynamics.common import AnalysisError
-from agentropy.evals.dynamics.loading import IterationStats, RunData
+from agentropy.evals.dynamics.records import IterationStats, RunData
 from agentropy.evals.dynamics.statistics import PostObsContrast, PostObsCounts, Recurrence
 
 AGGREGATES_FILE = "aggregates.json"

@@ -16,7 +16,7 @@ from agentropy.evals.dynamics.common import (
     AnalysisError,
     _get,
 )
-from agentropy.evals.dynamics.loading import RunData
+from agentropy.evals.dynamics.records import RunData
 from agentropy.evals.dynamics.statistics import (
     PostObsContrast,
     PostObsCounts,

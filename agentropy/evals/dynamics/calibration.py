@@ -33,7 +33,8 @@ import numpy as np
 import yaml
 
 from agentropy.evals.dynamics.analysis import Options, analyze
-from agentropy.evals.dynamics.loading import RunData, iteration_stats
+from agentropy.evals.dynamics.loading import iteration_stats
+from agentropy.evals.dynamics.records import RunData
 from agentropy.training.trajectory import Step, Trajectory, write_jsonl
 
 FORMAT_CLOSE = (9001, 9002, 9003)  # "</action>": the prompt ends with "<action>", the reply closes the tag

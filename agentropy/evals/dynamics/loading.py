@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from agentropy.evals.dynamics.aggregates import (
+    AGGREGATES_FILE,
+    aggregates_env,
+    has_aggregates,
+    read_aggregates,
+)
 from agentropy.evals.dynamics.common import (
     BENCH_CELL,
     TRAJECTORY_FILE,
@@ -19,10 +24,8 @@ from agentropy.evals.dynamics.common import (
     _get,
     _number,
 )
+from agentropy.evals.dynamics.records import IterationStats, RunData
 from agentropy.evals.dynamics.statistics import (
-    PostObsContrast,
-    PostObsCounts,
-    Recurrence,
     analysed_steps,
     group_reward_std,
     informative_recurrence,
@@ -39,27 +42,6 @@ from agentropy.training.trajectory import Trajectory, read_jsonl
 # ----------------------------------------------------------------------------------------------
 # Reading runs
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class IterationStats:
-    """What one iteration's trajectories say (computed once, then the trajectories are dropped)."""
-
-    iteration: int
-    entropy_mean: float
-    success_rate: float
-    return_mean: float
-    reward_std: float
-    turn_entropy: dict[int, float]
-    turn_replies: dict[int, int]  # non-empty replies at each turn index
-    post_obs: dict[int, PostObsCounts]
-    recurrence: Recurrence
-    repeated: int
-    replies: int
-    trajectories: int
-    turn_halves: dict[int, tuple[float, int, float, int]] = field(default_factory=dict)  # noise floor of H_t
-    post_contrast: PostObsContrast = field(default_factory=PostObsContrast)  # content tokens, new vs repeated obs
-    recurrence_informative: Recurrence = field(default_factory=Recurrence)  # without initial state and no-ops
 
 
 def iteration_stats(iteration: int, trajectories: Sequence[Trajectory], n_head: int) -> IterationStats:
@@ -83,43 +65,6 @@ def iteration_stats(iteration: int, trajectories: Sequence[Trajectory], n_head: 
         post_contrast=post_observation_contrast(trajs, n_head),
         recurrence_informative=informative_recurrence(trajs),
     )
-
-
-@dataclass
-class RunData:
-    """One run folder, reduced to per-iteration numbers."""
-
-    path: Path
-    strategy: str
-    env_id: str
-    seed: int
-    methods: list[str]  # enabled entropy methods (strategy blocks with enabled: true)
-    records: dict[int, dict[str, Any]]  # train records of metrics.jsonl by iteration
-    iterations: dict[int, IterationStats]  # from the trajectories, by iteration
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def steps(self) -> list[int]:
-        return sorted(set(self.records) | set(self.iterations))
-
-    @property
-    def baseline(self) -> bool:
-        """No entropy method enabled (plain GRPO / GiGPO)."""
-        return not self.methods
-
-    def series(self, key: str) -> tuple[list[int], list[float]]:
-        """(steps, values) of a per-step scalar: the metrics record's value, else the trajectories'."""
-        steps, values = [], []
-        for k in self.steps:
-            value = _number(self.records.get(k, {}).get(key))
-            if value is None and k in self.iterations:
-                value = _number(getattr(self.iterations[k], key, None))
-            steps.append(k)
-            values.append(math.nan if value is None else value)
-        return steps, values
 
 
 def expand_run_dirs(paths: Sequence[str | Path], env: str | None = None) -> list[Path]:
@@ -152,13 +97,11 @@ def expand_run_dirs(paths: Sequence[str | Path], env: str | None = None) -> list
 
 def _is_run(path: Path) -> bool:
     """A run folder (metrics.jsonl) or a run's committed aggregates (aggregates.json)."""
-    from agentropy.evals.dynamics.aggregates import AGGREGATES_FILE
 
     return (path / "metrics.jsonl").exists() or (path / AGGREGATES_FILE).exists()
 
 
 def _env_id(path: Path) -> Any:
-    from agentropy.evals.dynamics.aggregates import aggregates_env, has_aggregates
 
     return aggregates_env(path) if has_aggregates(path) else _get(_read_config(path), "env.id")
 
@@ -251,7 +194,6 @@ def load_runs(paths: Sequence[str | Path], n_head: int = 4, env: str | None = No
               progress: bool = True) -> list[RunData]:
     """Expand bench folders, check that every run has trajectories and all share one environment
     (before reading anything), then read the runs."""
-    from agentropy.evals.dynamics.aggregates import has_aggregates, read_aggregates
 
     dirs = expand_run_dirs(paths, env)
     envs = {d: _env_id(d) for d in dirs}
