@@ -315,7 +315,11 @@ def _ray_actor_class() -> Any:
 
 
 class _RayWorker:
-    """A Ray actor; one remote call per command (an actor runs its calls in order)."""
+    """A Ray actor; one remote call per command (an actor runs its calls in order).
+
+    An actor whose process hard-exits can take the not-yet-sent reply of its previous call with
+    it, so the env stepped just before a crash may be reported ``worker_died`` too: its episode
+    is truncated, never given a wrong observation."""
 
     def __init__(self, index: int, env_id: str, env_kwargs: dict[str, Any], start_timeout_s: float,
                  actor_options: dict[str, Any]):

@@ -222,13 +222,16 @@ def test_ray_pool_matches_inline_and_contains_faults(ray_local):
     opts = {"num_cpus": 0.5}
     with EnvPool(CORRIDOR, mode="ray", num_workers=2, ray_actor_options=opts) as pool:
         assert _play(pool) == expected
-    faults = {101: "raise", 102: "hang", 103: "die"}
-    with EnvPool(CORRIDOR, {"faults": faults}, mode="ray", num_workers=2, step_timeout_s=2.0,
+    # Three workers: slots 0 and 3 on worker 0, slot 1 on worker 1, slot 2 alone on worker 2.
+    # The dying env gets a worker of its own: a Ray actor that hard-exits can take the unsent
+    # reply of its previous call with it, so a neighbour's answer would race with the death.
+    faults = {101: "raise", 102: "die", 103: "hang"}
+    with EnvPool(CORRIDOR, {"faults": faults}, mode="ray", num_workers=3, step_timeout_s=2.0,
                  ray_actor_options=opts) as pool:
         pool.reset([(s, 100 + s, None) for s in range(4)])
         res = pool.step([(s, "fault") for s in range(4)])
         assert not isinstance(res[0], EnvFault)
         assert res[1].reason.startswith("env_error: RuntimeError")
-        assert res[2].reason == "env_timeout"
-        assert res[3].reason == "worker_died"
+        assert res[2].reason == "worker_died"
+        assert res[3].reason == "env_timeout"
         assert "room 1" in pool.step([(0, "forward")])[0][0]
