@@ -168,9 +168,8 @@ def iteration_update(
     """Update ``model`` on one iteration's trajectories; return metrics.
 
     ``regularization``: extra episodes the trainer collected for a method (sampled at another
-    temperature), handed to the methods' ``select_batch`` hooks.
-    A NaN/inf loss or gradient norm raises :class:`~agentropy.nonfinite.NonFiniteError` with the
-    weights, optimizer and update state as they were at the iteration start.
+    temperature), handed to the methods' ``select_batch`` hooks. A NaN/inf loss or gradient norm
+    raises :class:`~agentropy.nonfinite.NonFiniteError`, with everything as at the iteration start.
     """
     train = cfg.train
     active = methods.enabled_methods(cfg.strategy)
