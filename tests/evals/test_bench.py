@@ -37,7 +37,9 @@ def test_micro_bench_report_holds_metrics(tmp_path):
     for strategy in ("grpo", "epo"):
         sums = [run_summary(bench_dir / f"{strategy}__household__s{seed}") for seed in (0, 1)]
         assert summary[f"{strategy}/household"] == sums
-        row = next(line for line in report.splitlines() if line.startswith(f"| {strategy} |"))
+        lines = report.splitlines()
+        table = next(i for i, line in enumerate(lines) if line.startswith("| strategy | methods |"))
+        row = next(line for line in lines[table:] if line.startswith(f"| {strategy} |"))
         entropies = [s["entropy_mean"] for s in sums]
         mean = sum(entropies) / 2
         assert f"{mean:.3f}" in row, (row, entropies)
