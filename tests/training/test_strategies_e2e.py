@@ -13,6 +13,7 @@ tokens. The top rung of the ablation ladder (every method of the ladder at once)
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,17 +25,13 @@ from agentropy.training.config import load_config
 from agentropy.training.run_log import read_metrics
 from agentropy.training.trainer import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# COMMON: overrides shared by the SFT start and every run (the prompt layout must match the SFT's),
+# the same sizes the behaviour lock records with.
+from behaviour import COMMON, TOP_RUNG  # noqa: E402
+
 STRATEGIES = Path(__file__).resolve().parents[2] / "configs" / "strategies"
 SHIPPED = sorted(p.stem for p in STRATEGIES.glob("*.yaml"))
-TOP_RUNG = "ladder/l7_aepo_rollout"
-
-# Overrides shared by the SFT start and every run (the prompt layout must match the SFT's).
-COMMON = [
-    "run.progress=false", "run.tensorboard=false", "run.save_trajectories=false",
-    "prompt.memory_turns=1", "prompt.max_admissible=5",
-    "rollout.group_size=2", "rollout.tasks_per_batch=2", "rollout.max_turns=3", "rollout.max_tokens=12",
-    "train.micro_batch_size=8", "train.mini_batches=2", "train.checkpoint_every=0", "eval.episodes=1",
-]
 
 # The metrics each method must log in every train record.
 KEYS = {
