@@ -6,13 +6,24 @@ start runs once and its model is the initial checkpoint of every cell, so strate
 only in what they do during RL. Cells run one after another and the bench is resumable cell
 by cell: a finished cell has ``done.json``; an interrupted one resumes from its checkpoint.
 
+Several bench processes may work on one bench at once (``agentropy bench CONFIG`` started
+twice, on one machine or on machines sharing the folder): each cell, and each env's SFT start,
+is claimed with an exclusive lock on ``<cell>/.lock`` while it runs, and a worker skips the cells
+another one holds. ``only`` (``--cells`` on the command line) restricts a process to the cells
+whose names match one of its shell patterns, e.g. ``grpo__*`` for a baseline-only check.
+
     agentropy bench configs/bench/micro.yaml
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
 import json
+import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,11 +102,48 @@ def _cell_config(bench: BenchConfig, folder: Path, cell: Cell, init_model: Path 
     return cfg
 
 
+@contextlib.contextmanager
+def _claim(cell_dir: Path, wait: bool) -> Iterator[bool]:
+    """Hold an exclusive lock on ``cell_dir/.lock`` for the block; yields whether it was taken.
+
+    ``wait=False`` yields False at once when another process holds the cell. The lock is the
+    operating system's (``flock``), so a crashed worker's cell is free again immediately."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    with open(cell_dir / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def select_cells(all_cells: list[Cell], only: list[str] | None) -> list[Cell]:
+    """The cells whose names match one of the shell patterns in ``only`` (all when empty)."""
+    if not only:
+        return list(all_cells)
+    chosen = [c for c in all_cells if any(fnmatch.fnmatchcase(c.name, pattern) for pattern in only)]
+    if not chosen:
+        names = ", ".join(c.name for c in all_cells)
+        raise ConfigError(f"--cells {' '.join(only)}: matches none of the bench's cells ({names})")
+    return chosen
+
+
 def _init_model(bench: BenchConfig, folder: Path, env: str, extra: list[str]) -> Path:
-    """SFT once per env (seed of the first cell), saved as the shared initial checkpoint."""
+    """SFT once per env (seed of the first cell), saved as the shared initial checkpoint.
+
+    A second worker that reaches it while the first is training waits for it."""
+    out = Path(bench.root) / bench.name / f"init__{env}"
+    with _claim(out, wait=True):
+        return _train_init_model(bench, folder, env, extra, out)
+
+
+def _train_init_model(bench: BenchConfig, folder: Path, env: str, extra: list[str], out: Path) -> Path:
     from agentropy.training.trainer import train
 
-    out = Path(bench.root) / bench.name / f"init__{env}"
     model_dir = out / "final_model"
     if (out / "done.json").exists():
         return model_dir
@@ -108,29 +156,47 @@ def _init_model(bench: BenchConfig, folder: Path, env: str, extra: list[str]) ->
     return model_dir
 
 
-def run_bench(path: str | Path, extra_overrides: list[str] | None = None) -> Path:
-    """Run every unfinished cell of the bench, then write the report; returns the bench folder."""
-    from agentropy.evals.report import write_bench_report, write_run_report
-    from agentropy.training.trainer import train
+def run_bench(path: str | Path, extra_overrides: list[str] | None = None, only: list[str] | None = None) -> Path:
+    """Run every unfinished cell of the bench, then write the report; returns the bench folder.
+
+    ``only``: shell patterns of the cell names to run (the report still covers every finished
+    cell). Cells held by another bench process are skipped (see the module docstring)."""
+    from agentropy.evals.report import write_bench_report
 
     bench, folder = load_bench(path)
     extra = list(extra_overrides or [])
+    todo = select_cells(cells(bench), only)
     bench_dir = Path(bench.root) / bench.name
     bench_dir.mkdir(parents=True, exist_ok=True)
-    init_models = {env: _init_model(bench, folder, env, extra) if bench.shared_init else None for env in bench.envs}
-    for cell in cells(bench):
+    envs = sorted({c.env for c in todo}, key=list(bench.envs).index)
+    init_models = {env: _init_model(bench, folder, env, extra) if bench.shared_init else None for env in envs}
+    for cell in todo:
         cell_dir = bench_dir / cell.name
         if (cell_dir / "done.json").exists():
             continue
-        cfg = _cell_config(bench, folder, cell, init_models[cell.env], extra)
-        resume = (cell_dir / "checkpoints").exists() and any((cell_dir / "checkpoints").glob("iter_*"))
-        t0 = time.perf_counter()
-        result = train(cfg, resume=resume)
-        write_run_report(cell_dir)
-        (cell_dir / "done.json").write_text(json.dumps({
-            "cell": cell.name, "strategy": cell.strategy, "env": cell.env, "seed": cell.seed,
-            "sft_success": result.sft_success, "final_success": result.final_success,
-            "wall_s": time.perf_counter() - t0,
-        }))
+        with _claim(cell_dir, wait=False) as mine:
+            if mine and not (cell_dir / "done.json").exists():
+                _run_cell(bench, folder, cell, cell_dir, init_models[cell.env], extra)
     write_bench_report(bench_dir, [c for c in cells(bench)], baseline=bench.baseline or next(iter(bench.strategies)))
     return bench_dir
+
+
+def _run_cell(bench: BenchConfig, folder: Path, cell: Cell, cell_dir: Path, init_model: Path | None,
+              extra: list[str]) -> None:
+    from agentropy.evals.report import write_run_report
+    from agentropy.training.trainer import train
+
+    cfg = _cell_config(bench, folder, cell, init_model, extra)
+    resume = (cell_dir / "checkpoints").exists() and any((cell_dir / "checkpoints").glob("iter_*"))
+    if not resume:  # a cell that died before its first checkpoint starts over, not appended to
+        for leftover in cell_dir.iterdir():
+            if leftover.name != ".lock":
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    t0 = time.perf_counter()
+    result = train(cfg, resume=resume)
+    write_run_report(cell_dir)
+    (cell_dir / "done.json").write_text(json.dumps({
+        "cell": cell.name, "strategy": cell.strategy, "env": cell.env, "seed": cell.seed,
+        "sft_success": result.sft_success, "final_success": result.final_success,
+        "wall_s": time.perf_counter() - t0,
+    }))

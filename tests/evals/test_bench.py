@@ -79,3 +79,40 @@ def test_bench_eval_set_defaults_to_256_tasks_and_overrides_win(tmp_path):
     path.write_text(path.read_text() + "baseline: sac\n")
     with pytest.raises(ConfigError, match="baseline"):
         load_bench(path)
+
+
+def test_cells_filter_matches_shell_patterns_and_refuses_a_pattern_matching_nothing():
+    from agentropy.evals.bench import Cell, select_cells
+
+    all_cells = [Cell(s, "household", seed) for s in ("grpo", "epo") for seed in (0, 1)]
+    assert select_cells(all_cells, None) == all_cells
+    assert [c.name for c in select_cells(all_cells, ["grpo__*"])] == ["grpo__household__s0", "grpo__household__s1"]
+    assert [c.name for c in select_cells(all_cells, ["*__s1", "epo__household__s0"])] == [
+        "grpo__household__s1", "epo__household__s0", "epo__household__s1"]
+    with pytest.raises(ConfigError, match="matches none.*grpo__household__s0"):
+        select_cells(all_cells, ["sac__*"])
+
+
+def test_a_cell_held_by_another_worker_is_skipped_and_a_free_one_runs(tmp_path, monkeypatch):
+    """Two bench processes share the work: the lock on <cell>/.lock decides who runs a cell."""
+    import agentropy.evals.bench as bench_mod
+    import agentropy.evals.report as report_mod
+
+    path = write_bench(tmp_path)
+    bench, _ = load_bench(path)
+    bench_dir = Path(bench.root) / bench.name
+    ran: list[str] = []
+    monkeypatch.setattr(bench_mod, "_init_model", lambda *a: tmp_path / "init")
+    monkeypatch.setattr(bench_mod, "_run_cell", lambda b, f, cell, cell_dir, *a: ran.append(cell.name))
+    monkeypatch.setattr(report_mod, "write_bench_report", lambda *a, **k: None)
+    (bench_dir / "grpo__household__s1").mkdir(parents=True)
+    (bench_dir / "grpo__household__s1" / "done.json").write_text("{}")  # finished: skipped
+    with bench_mod._claim(bench_dir / "epo__household__s0", wait=False) as mine:  # another worker's cell
+        assert mine
+        with bench_mod._claim(bench_dir / "epo__household__s0", wait=False) as again:
+            assert not again  # a second claim on a held cell fails at once
+        run_bench(path)
+    assert ran == ["grpo__household__s0", "epo__household__s1"]
+    ran.clear()
+    run_bench(path, only=["epo__*"])  # the lock was released: the cell is free again
+    assert ran == ["epo__household__s0", "epo__household__s1"]
