@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/search.yaml")
     parser.add_argument("--every", type=int, default=375, help="optimizer steps between evaluations")
     parser.add_argument("--episodes", type=int, default=64, help="held-out tasks per evaluation")
+    parser.add_argument("--save", default="", help="save the final weights and tokenizer here (an SFT start)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config(args.config, ["run.progress=false", "run.tensorboard=false", f"eval.episodes={args.episodes}",
@@ -81,6 +82,9 @@ def main() -> None:
                                   "wall_s": round(time.time() - started)}), flush=True)
     finally:
         env.close()
+    if args.save:
+        model.save_pretrained(args.save)
+        tokenizer.save_pretrained(args.save)
 
 
 if __name__ == "__main__":
