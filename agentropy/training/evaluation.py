@@ -49,6 +49,21 @@ def entropy_by_turn(trajectories: list[Trajectory]) -> list[float | None]:
     return [sums[t] / counts[t] if counts.get(t) else None for t in range(max(counts) + 1)]
 
 
+#: truncation reasons that mean the env machinery failed (the rollout's env faults, see
+#: :mod:`agentropy.training.rollout`); ``"max_turns"`` and ``"env_truncated"`` (the env's own
+#: step limit) are ordinary ends of an episode, not errors
+ERROR_TRUNCATIONS = ("env_error", "env_timeout", "worker_died")
+
+
+def truncated_by_error(trajectories: list[Trajectory]) -> int:
+    """Episodes cut short by a crashed, hung or lost env worker.
+
+    Matched on the reason's name before any ``": detail"``, so an env that merely hit its own
+    step limit (``"env_truncated"``) is not mistaken for a fault by sharing the ``env_`` prefix.
+    """
+    return sum(1 for t in trajectories if (t.truncation_reason or "").split(":")[0] in ERROR_TRUNCATIONS)
+
+
 def summarize(trajectories: list[Trajectory], samples: int = 1) -> dict[str, Any]:
     """Success, return, length, entropy and pass@k of a set of episodes, plus the ``tool/...``
     metrics of :mod:`agentropy.training.tool_metrics` when the env reports tool use."""
@@ -62,7 +77,7 @@ def summarize(trajectories: list[Trajectory], samples: int = 1) -> dict[str, Any
         "return_mean": float(np.mean([t.episode_return for t in trajectories])),
         "length_mean": float(np.mean([t.length for t in trajectories])),
         "entropy_mean": float(np.mean(tokens)) if tokens else 0.0,
-        "truncated_by_error": sum(1 for t in trajectories if (t.truncation_reason or "").startswith(("env_", "worker"))),
+        "truncated_by_error": truncated_by_error(trajectories),
         "entropy_by_turn": entropy_by_turn(trajectories),
         **estimate_fields(s for t in trajectories for s in t.steps),
     }
