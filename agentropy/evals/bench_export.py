@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agentropy.errors import UsageError
 from agentropy.evals.bench import Cell, cells, load_bench
 
 #: The files of a run folder that the bench report and the per-cell table read.
@@ -42,7 +43,7 @@ def export_bench(config_path: str | Path, out_dir: str | Path) -> Path:
                 shutil.copyfile(source / name, out / cell.name / name)
     present = [c for c in cells(bench) if (out / c.name / "done.json").exists()]
     if not present:
-        raise FileNotFoundError(f"no finished cell of {config_path} in {bench_dir} or {out}")
+        raise UsageError(f"no finished cell of {config_path} in {bench_dir} or {out}")
     write_bench_report(out, present, baseline=bench.baseline or next(iter(bench.strategies)))
     write_cell_table(out, present, total=len(cells(bench)))
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agentropy.errors import UsageError
 from agentropy.evals.bench_export import cell_row, export_bench
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,5 +64,5 @@ def test_the_report_is_regenerated_from_the_exported_records_alone(tmp_path):
 def test_export_with_nothing_finished_says_where_it_looked(tmp_path):
     config = make_bench(tmp_path)
     shutil.rmtree(tmp_path / "runs")
-    with pytest.raises(FileNotFoundError, match="no finished cell"):
+    with pytest.raises(UsageError, match="no finished cell"):
         export_bench(config, tmp_path / "docs")
