@@ -55,11 +55,32 @@ def user_text(doc: str) -> str:
     return text.replace("``", "`")
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser that lets ``key=value`` overrides come after options.
+
+    Plain argparse matches a command's optional positionals (``CONFIG``, the overrides) before
+    the first option, so ``agentropy train --resume RUN train.iterations=60`` would be refused
+    with "unrecognized arguments". Intermixed parsing collects positionals wherever they are;
+    commands with their own subcommands (which intermixed parsing cannot handle) parse as usual.
+    """
+
+    _parsing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._parsing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentropy", description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of configuration and usage errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, (module_name, help_text) in COMMANDS.items():
         try:
             module = importlib.import_module(f"agentropy.commands.{module_name}")

@@ -58,3 +58,26 @@ def test_command_help_has_no_developer_markup(name, capsys):
 def test_config_show_help_has_its_examples(capsys):
     lines = [line.strip() for line in _help(capsys, ["config", "show", "--help"]).splitlines()]
     assert "agentropy config show configs/quickstart.yaml rollout.max_turns=20" in lines
+
+
+@pytest.mark.parametrize("argv, arguments, resume", [
+    (["train", "--resume", "runs/a", "train.iterations=60"], ["train.iterations=60"], "runs/a"),
+    (["train", "c.yaml", "--overwrite", "x=1", "y=2"], ["c.yaml", "x=1", "y=2"], None),
+    (["train", "c.yaml", "x=1", "--resume", "runs/a", "y=2"], ["c.yaml", "x=1", "y=2"], "runs/a"),
+])
+def test_overrides_may_follow_options(argv, arguments, resume):
+    """``agentropy train --resume RUN train.iterations=60`` used to fail with "unrecognized
+    arguments": argparse had already matched the (empty) overrides before the first option.
+    (``train`` sorts its positionals into config files and overrides itself.)"""
+    from agentropy.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert ([a for a in [args.config, *args.overrides] if a], args.resume) == (arguments, resume)
+
+
+def test_bench_overrides_after_cells_patterns_stay_patterns():
+    """An option taking several values keeps what follows it: overrides go before ``--cells``."""
+    from agentropy.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "b.yaml", "x=1", "--cells", "grpo__*", "epo__*"])
+    assert (args.config, args.overrides, args.cells) == ("b.yaml", ["x=1"], ["grpo__*", "epo__*"])
