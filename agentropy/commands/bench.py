@@ -21,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", nargs="+", metavar="PATTERN",
                         help="run only the cells whose names (STRATEGY__ENV__sSEED) match one of these shell "
                              "patterns, e.g. 'grpo__*' or '*__s0'; the report covers every finished cell")
-
-
     parser.add_argument("--export", metavar="DIR",
                         help="run nothing: copy each finished cell's metrics.jsonl, config.yaml and done.json "
                              "into DIR/<cell>/ and write report.md, cells.md and the figures there from them")
