@@ -60,16 +60,16 @@ def validate_controllers(strategy: Any, allow_multiple: bool | None = None) -> l
     epo = getattr(strategy, "epo", None)
     if _enabled(getattr(strategy, "siren", None)) and _enabled(epo) and bool(getattr(epo, "entropy_bonus", True)):
         warnings.append("strategy.siren with strategy.epo.entropy_bonus: EPO's L^H raises entropy everywhere, the "
-                        "'global explosion' SIREN avoids; set strategy.epo.entropy_bonus: false (rule C14 in docs/methods/README.md)")
+                        "'global explosion' SIREN avoids; set strategy.epo.entropy_bonus: false (composition rule 'SIREN with EPO', docs/methods/README.md)")
     guards = [f"strategy.{name}" for name in ("clip_cov", "clip_b", "clip_v", "steer")
               if _enabled(getattr(strategy, name, None))]
     if len(guards) > 1:
         warnings.append(f"{' and '.join(guards)}: several token-level collapse guards hit the same tokens and "
-                        "shrink the step; add one at a time (rule C16 in docs/methods/README.md)")
+                        "shrink the step; add one at a time (composition rule 'one token-level guard', docs/methods/README.md)")
     aepo = getattr(strategy, "aepo", None)
     if _enabled(getattr(strategy, "steer", None)) and _enabled(aepo) and bool(getattr(aepo, "entropy_advantage", False)):
         warnings.append("strategy.steer with strategy.aepo.entropy_advantage: STEER damps the tokens AEPO's factor "
-                        "amplifies; compare steer/w_mean on z > 0 and z <= 0 tokens (rule C16 in docs/methods/README.md)")
+                        "amplifies; compare steer/w_mean on z > 0 and z <= 0 tokens (composition rule 'one token-level guard', docs/methods/README.md)")
     return warnings
 
 

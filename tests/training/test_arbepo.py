@@ -220,7 +220,7 @@ def test_config_defaults_and_validation():
         ArbEPOConfig(mix="both")
 
 
-# --------------------------------------------------------------------------- controllers (C15)
+# --------------------------------------------------------------------------- controllers (one closed-loop controller)
 
 
 @dataclass
@@ -268,10 +268,10 @@ def test_validate_controllers_refuses_two_controllers_naming_the_fields():
 
 def test_validate_controllers_warnings():
     s = _Strategy(siren=_Block(enabled=True), epo=_Block(enabled=True), allow_multi_entropy_controllers=True)
-    assert any("C14" in w for w in validate_controllers(s))
+    assert any("SIREN with EPO" in w for w in validate_controllers(s))
     guards = _Strategy(steer=_Block(enabled=True), clip_v=_Block(enabled=True), aepo=_Block(enabled=True))
     warnings = validate_controllers(guards)
-    assert any("C16" in w and "strategy.clip_v" in w and "strategy.steer" in w for w in warnings)
+    assert any("one token-level guard" in w and "strategy.clip_v" in w and "strategy.steer" in w for w in warnings)
     assert any("z > 0" in w for w in warnings)
 
 
