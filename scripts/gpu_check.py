@@ -22,9 +22,13 @@ a lockstep multi-turn rollout, the RL update. It measures
 
 and appends a dated section to ``benchmarks/RESULTS.md`` (``--json`` also writes the raw record).
 It needs a CUDA device and the CUDA build of vLLM (``pip install vllm``; the repo's ``vllm`` extra
-is the CPU build) and stops at once, with exit code 2, without them. ``--cpu-smoke`` runs the same
-path on the CPU with a tiny model and vLLM's CPU build, to check the script itself; it writes
-nothing to RESULTS.md unless ``--results`` names a file.
+is the CPU build) and stops at once, with exit code 2, without them. ``--backend hf`` runs the same
+check with the transformers sampler (``model.backend=hf``) where vLLM cannot be installed: the
+rollout is then compared with one batched call of that sampler, the log-prob agreement is between
+the sampler's and the learner's passes over the same weights, and there is no weight sync to time
+(the sampler reads the learner's weights in place). ``--cpu-smoke`` runs the same path on the CPU
+with a tiny model, to check the script itself; it writes nothing to RESULTS.md unless ``--results``
+names a file.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = "no CUDA device: this check needs a GPU"
-NO_VLLM = ("vLLM is not installed: this check needs the CUDA build (pip install vllm); "
-           "the repo's `vllm` extra is the CPU build")
+NO_VLLM = ("vLLM is not installed: this check needs the CUDA build (pip install vllm; the repo's `vllm` extra "
+           "is the CPU build), or run it with --backend hf to sample with transformers instead")
+BACKENDS = ("vllm", "hf")
 
 #: Qwen2.5-0.5B's transformer body (its vocabulary is not reproduced offline).
 QWEN05_SHAPE: dict[str, int] = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
@@ -109,12 +114,13 @@ class CheckResult:
     logprob_max_abs_diff: float
     vllm_dtype: str
     learner_dtype: str
-    weight_sync_s: float
+    weight_sync_s: float | None
     peak_torch_gib: float
     peak_device_used_gib: float
     peak_tflops: float | None
     wall_s: float
     learner: list[LearnerRow] = field(default_factory=list)
+    backend: str = "vllm"
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -164,8 +170,15 @@ def format_section(r: CheckResult) -> str:
     ratio = rollout_rate / raw_rate if raw_rate else 0.0
     peak = (f"{r.peak_tflops:.0f} TFLOP/s, the bf16 dense peak assumed for `{r.device}` (NVIDIA datasheet)"
             if r.peak_tflops else f"not reported: `{r.device}` is not in the peak table of scripts/gpu_check.py")
+    hf = r.backend == "hf"
+    sampler = "transformers sampler (`model.backend=hf`)" if hf else "vLLM"
+    raw_label = ("one batched call of the transformers sampler on the same prompts (no env steps)" if hf
+                 else "raw `vllm.LLM.generate` on the same prompts in one batch, no log-probs")
+    sync = ("none: the sampler reads the learner's weights in place" if r.weight_sync_s is None
+            else f"{r.weight_sync_s:.3f} s")
     lines = [
-        f"## {r.date} — GPU check (`scripts/gpu_check.sh`, {r.device}, {r.gpu_total_gib:.0f} GiB)",
+        f"## {r.date} — GPU check (`scripts/gpu_check.sh{' --backend hf' if hf else ''}`, {r.device}, "
+        f"{r.gpu_total_gib:.0f} GiB)",
         "",
         f"Model: {r.model} ({r.shape}, vocabulary {r.vocab:,}, {r.params / 1e6:.1f}M parameters); {r.versions}. "
         f"Household-v0 with `configs/household.yaml` + `configs/models/qwen2.5-0.5b.yaml`: {r.episodes} episodes "
@@ -174,23 +187,23 @@ def format_section(r: CheckResult) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| rollout tokens/s (multi-turn lockstep: env steps, prompts and top-k log-probs included) | "
+        f"| rollout tokens/s (multi-turn lockstep: env steps, prompts and log-probs included) | "
         f"{rollout_rate:,.0f} ({r.rollout_tokens:,} tokens in {r.rollout_s:.1f} s, {r.rollout_generate_s:.1f} s "
         "of it in generate) |",
-        f"| raw `vllm.LLM.generate` tokens/s, the same prompts in one batch, no log-probs | "
-        f"{raw_rate:,.0f} ({r.raw_tokens:,} tokens in {r.raw_s:.1f} s) |",
+        f"| {raw_label} tokens/s | {raw_rate:,.0f} ({r.raw_tokens:,} tokens in {r.raw_s:.1f} s) |",
         f"| rollout / raw | {ratio:.2f} |",
-        f"| log-prob agreement on sampled tokens, vLLM ({r.vllm_dtype}) vs learner ({r.learner_dtype}) | "
+        f"| log-prob agreement on sampled tokens, {sampler} ({r.vllm_dtype}) vs learner ({r.learner_dtype}) | "
         f"mean abs diff {r.logprob_mean_abs_diff:.4f}, max {r.logprob_max_abs_diff:.4f} "
         f"({r.logprob_tokens:,} tokens) |",
-        f"| weight sync learner -> vLLM (median of 3) | {r.weight_sync_s:.3f} s |",
+        f"| weight sync learner -> sampler (median of 3) | {sync} |",
     ]
     for row in r.learner:
         mfu = f"MFU {row.mfu:.1%}" if row.mfu is not None else "MFU n/a"
         lines.append(f"| learner tokens/s, {row.label} | {row.tokens_per_s:,.0f} ({row.tokens:,} tokens, "
                      f"{row.seconds:.1f} s, {row.model_tflop:.1f} model TFLOP, {mfu}) |")
     lines += [
-        f"| peak GPU memory, torch allocator of this process (learner + in-process vLLM) | {r.peak_torch_gib:.1f} GiB |",
+        f"| peak GPU memory, torch allocator of this process (learner{'' if hf else ' + in-process vLLM'}) | "
+        f"{r.peak_torch_gib:.1f} GiB |",
         f"| peak device memory in use (all processes) | {r.peak_device_used_gib:.1f} GiB |",
         "",
         "MFU = model FLOPs / time / peak. Model FLOPs of an update = (1 + 3 x PPO epochs) x (2 x non-embedding "
@@ -210,22 +223,22 @@ def append_section(results_md: str | Path, section: str) -> None:
 # ---- the check -------------------------------------------------------------------------------
 
 
-def preflight(cpu_smoke: bool) -> str | None:
+def preflight(cpu_smoke: bool, backend: str = "vllm") -> str | None:
     """The reason the check cannot run here (None when it can); cheap, before anything is built."""
     import torch
 
     if not cpu_smoke and not torch.cuda.is_available():
         return NO_CUDA
-    if importlib.util.find_spec("vllm") is None:
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
         return NO_VLLM
     return None
 
 
-def check_config(model_dir: Path, run_root: Path, cpu_smoke: bool) -> Any:
+def check_config(model_dir: Path, run_root: Path, cpu_smoke: bool, backend: str = "vllm") -> Any:
     from agentropy.training.config import load_config
 
     files = [REPO / "configs" / "household.yaml", REPO / "configs" / "models" / "qwen2.5-0.5b.yaml"]
-    overrides = [f"model.path={model_dir}", "model.backend=vllm", f"run.root={run_root}", "run.name=gpu_check",
+    overrides = [f"model.path={model_dir}", f"model.backend={backend}", f"run.root={run_root}", "run.name=gpu_check",
                  "run.progress=false", "run.tensorboard=false", "rollout.tasks_per_batch=8", "rollout.group_size=8",
                  "rollout.max_turns=3", "rollout.max_tokens=256", "train.micro_batch_size=16"]
     if cpu_smoke:
@@ -279,7 +292,32 @@ def time_update(cfg: Any, accelerator: Any, model: Any, tokenizer: Any, trajecto
                       flop / seconds / (peak * 1e12) if peak and device.type == "cuda" else None)
 
 
-def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResult:
+def raw_generate(backend: Any, cfg: Any, steps: list, device: Any) -> tuple[int, float]:
+    """Tokens and seconds of one batched generate call on the rollout's prompts (no env steps):
+    ``vllm.LLM.generate`` without log-probs for vLLM, the sampler's own ``generate`` for hf."""
+    params_kwargs = dict(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                         max_tokens=cfg.rollout.max_tokens, stop=list(cfg.rollout.stop), seed=0)
+    if cfg.model.backend == "hf":
+        from agentropy.agents.backends.base import SamplingParams as HFParams
+
+        params = HFParams(n=1, **{**params_kwargs, "stop": tuple(cfg.rollout.stop)})
+        _sync(device)
+        start = time.perf_counter()
+        completions = backend.generate([list(s.prompt_ids) for s in steps], params)
+        _sync(device)
+        return sum(len(c.token_ids) for c in completions), time.perf_counter() - start
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=list(s.prompt_ids)) for s in steps]
+    _sync(device)
+    start = time.perf_counter()
+    outputs = backend.llm.generate(prompts, SamplingParams(n=1, **params_kwargs), use_tqdm=False)
+    _sync(device)
+    return sum(len(o.outputs[0].token_ids) for o in outputs), time.perf_counter() - start
+
+
+def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool, backend_kind: str = "vllm") -> CheckResult:
     import torch
 
     from agentropy.training.model_setup import build_backend, load_policy
@@ -294,7 +332,7 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
         print("gpu_check: building the offline model ...", flush=True)
         model_dir = build_offline_model(work / "model", SMOKE_SHAPE if cpu_smoke else None,
                                         episodes_per_env=4 if cpu_smoke else 40)
-    cfg = check_config(model_dir, work / "runs", cpu_smoke)
+    cfg = check_config(model_dir, work / "runs", cpu_smoke, backend_kind)
     seed_everything(cfg.run.seed)
     policy, tokenizer = load_policy(cfg.model, env_id=cfg.env.id)
     device = next(policy.parameters()).device
@@ -304,7 +342,7 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
         torch.cuda.reset_peak_memory_stats(device)
     peak_used = _device_used_gib(device)
 
-    print("gpu_check: starting vLLM ...", flush=True)
+    print(f"gpu_check: starting the {backend_kind} sampler ...", flush=True)
     backend = build_backend(cfg.model, policy, tokenizer, env_id=cfg.env.id)
     peak_used = max(peak_used, _device_used_gib(device))
 
@@ -316,19 +354,8 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
     rollout_tokens = sum(len(s.response_ids) for s in steps)
     peak_used = max(peak_used, _device_used_gib(device))
 
-    print("gpu_check: raw vLLM generate on the same prompts ...", flush=True)
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    params = SamplingParams(n=1, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            max_tokens=cfg.rollout.max_tokens, stop=list(cfg.rollout.stop), seed=0)
-    prompts = [TokensPrompt(prompt_token_ids=list(s.prompt_ids)) for s in steps]
-    _sync(device)
-    start = time.perf_counter()
-    outputs = backend.llm.generate(prompts, params, use_tqdm=False)
-    _sync(device)
-    raw_s = time.perf_counter() - start
-    raw_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    print("gpu_check: one batched generate on the same prompts ...", flush=True)
+    raw_tokens, raw_s = raw_generate(backend, cfg, steps, device)
 
     print("gpu_check: log-prob agreement ...", flush=True)
     samples = gather_samples(trajectories, tokenizer.pad_token_id, {})
@@ -339,7 +366,7 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
 
     print("gpu_check: weight sync ...", flush=True)
     sync_times = []
-    for _ in range(3):
+    for _ in range(3 if backend_kind == "vllm" else 0):
         _sync(device)
         start = time.perf_counter()
         backend.sync_weights(policy)
@@ -365,9 +392,13 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
     peak_used = max(peak_used, _device_used_gib(device))
 
     import transformers
-    import vllm
 
     config = policy.config
+    versions = f"torch {torch.__version__}, transformers {transformers.__version__}"
+    if backend_kind == "vllm":
+        import vllm
+
+        versions += f", vLLM {vllm.__version__}"
     return CheckResult(
         date=datetime.date.today().isoformat(),
         device=device_name,
@@ -378,7 +409,7 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
         vocab=int(config.vocab_size),
         shape=(f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, "
                f"{config.num_attention_heads}/{config.num_key_value_heads} heads"),
-        versions=f"torch {torch.__version__}, vLLM {vllm.__version__}, transformers {transformers.__version__}",
+        versions=versions,
         episodes=len(trajectories),
         turns=cfg.rollout.max_turns,
         max_tokens=cfg.rollout.max_tokens,
@@ -392,14 +423,15 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool) -> CheckResul
         logprob_tokens=int(mask.sum()),
         logprob_mean_abs_diff=float(diff.mean()),
         logprob_max_abs_diff=float(diff.max()),
-        vllm_dtype=cfg.model.vllm.dtype,
+        vllm_dtype=cfg.model.vllm.dtype if backend_kind == "vllm" else cfg.model.dtype,
         learner_dtype=cfg.model.dtype,
-        weight_sync_s=statistics.median(sync_times),
+        weight_sync_s=statistics.median(sync_times) if sync_times else None,
         peak_torch_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0,
         peak_device_used_gib=peak_used,
         peak_tflops=peak,
         wall_s=time.perf_counter() - t_start,
         learner=rows,
+        backend=backend_kind,
     )
 
 
@@ -410,11 +442,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="RESULTS.md to append to (default: benchmarks/RESULTS.md; none with --cpu-smoke)")
     parser.add_argument("--json", help="also write the raw record here")
     parser.add_argument("--work", help="folder for the built model and the run (default: a temporary folder)")
+    parser.add_argument("--backend", choices=BACKENDS, default="vllm",
+                        help="sampler of the rollout: vllm (default) or hf (transformers, where vLLM is not installed)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run the same path on the CPU with a tiny model and vLLM's CPU build (checks the script)")
     args = parser.parse_args(argv)
 
-    problem = preflight(args.cpu_smoke)
+    problem = preflight(args.cpu_smoke, args.backend)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -424,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="agentropy-gpu-check-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        result = run_check(model_dir, work, args.cpu_smoke)
+        result = run_check(model_dir, work, args.cpu_smoke, args.backend)
     section = format_section(result)
     print(section)
     if args.json:

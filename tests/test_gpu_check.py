@@ -86,20 +86,65 @@ def test_the_results_section_reports_each_measure():
     text = gpu_check.format_section(_result())
     lines = text.splitlines()
     assert lines[0] == "## 2026-12-04 — GPU check (`scripts/gpu_check.sh`, NVIDIA H200, 140 GiB)"
-    assert ("| rollout tokens/s (multi-turn lockstep: env steps, prompts and top-k log-probs included) | "
+    assert ("| rollout tokens/s (multi-turn lockstep: env steps, prompts and log-probs included) | "
             "6,144 (49,152 tokens in 8.0 s, 6.5 s of it in generate) |") in lines
-    assert "| raw `vllm.LLM.generate` tokens/s, the same prompts in one batch, no log-probs | " \
+    assert "| raw `vllm.LLM.generate` on the same prompts in one batch, no log-probs tokens/s | " \
            "12,288 (49,152 tokens in 4.0 s) |" in lines
     assert "| rollout / raw | 0.50 |" in lines
     assert ("| log-prob agreement on sampled tokens, vLLM (bfloat16) vs learner (float32) | mean abs diff 0.0123, "
             "max 0.5000 (49,152 tokens) |") in lines
-    assert "| weight sync learner -> vLLM (median of 3) | 0.123 s |" in lines
+    assert "| weight sync learner -> sampler (median of 3) | 0.123 s |" in lines
     assert ("| learner tokens/s, fp32 weights (as the presets train) | 50,000 (100,000 tokens, 2.0 s, "
             "494.5 model TFLOP, MFU 25.0%) |") in lines
     assert "| peak GPU memory, torch allocator of this process (learner + in-process vLLM) | 30.3 GiB |" in lines
     assert text.endswith("Peak: 989 TFLOP/s, the bf16 dense peak assumed for `NVIDIA H200` (NVIDIA datasheet).\n")
     unknown = gpu_check.format_section(_result(device="Tesla T4", peak_tflops=None))
     assert "Peak: not reported: `Tesla T4` is not in the peak table of scripts/gpu_check.py." in unknown
+
+
+def test_the_hf_backend_section_names_its_sampler_and_has_no_weight_sync():
+    text = gpu_check.format_section(_result(backend="hf", weight_sync_s=None, vllm_dtype="float32"))
+    lines = text.splitlines()
+    assert lines[0] == "## 2026-12-04 — GPU check (`scripts/gpu_check.sh --backend hf`, NVIDIA H200, 140 GiB)"
+    assert ("| one batched call of the transformers sampler on the same prompts (no env steps) tokens/s | "
+            "12,288 (49,152 tokens in 4.0 s) |") in lines
+    assert ("| log-prob agreement on sampled tokens, transformers sampler (`model.backend=hf`) (float32) vs learner "
+            "(float32) | mean abs diff 0.0123, max 0.5000 (49,152 tokens) |") in lines
+    assert "| weight sync learner -> sampler (median of 3) | none: the sampler reads the learner's weights in place |" \
+        in lines
+    assert "| peak GPU memory, torch allocator of this process (learner) | 30.3 GiB |" in lines
+    assert "vLLM" not in text
+
+
+def test_only_the_vllm_backend_needs_vllm():
+    cuda = torch.cuda.is_available()
+    expected_vllm = None if importlib.util.find_spec("vllm") is not None else gpu_check.NO_VLLM
+    assert gpu_check.preflight(cpu_smoke=True, backend="hf") is None
+    assert gpu_check.preflight(cpu_smoke=True, backend="vllm") == expected_vllm
+    if not cuda:
+        assert gpu_check.preflight(cpu_smoke=False, backend="hf") == gpu_check.NO_CUDA
+    assert "--backend hf" in gpu_check.NO_VLLM
+
+
+def test_cpu_smoke_runs_the_whole_path_with_the_transformers_sampler(tmp_path):
+    """The hf path of the check on the CPU (the path that ran on the H200): offline model, rollout,
+    one batched generate, log-prob agreement (the same weights on both sides: equal), learner
+    updates; about 20 s."""
+    import json
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    record = tmp_path / "record.json"
+    done = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu-smoke", "--backend", "hf", "--json",
+                           str(record), "--work", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(record.read_text())
+    assert result["backend"] == "hf" and result["weight_sync_s"] is None
+    assert result["episodes"] == 4 and result["prompts"] == 8 and result["rollout_tokens"] > 0
+    assert result["raw_tokens"] > 0
+    assert result["logprob_tokens"] == result["rollout_tokens"] and result["logprob_max_abs_diff"] < 1e-5
+    assert [row["label"] for row in result["learner"]] == ["fp32 weights (as the presets train)", "bf16 weights"]
+    assert "appended" not in done.stdout
 
 
 def test_the_section_is_appended_after_a_blank_line(tmp_path):
