@@ -16,8 +16,8 @@ a lockstep multi-turn rollout, the RL update. It measures
 - vLLM-vs-learner log-prob agreement on the sampled tokens (mean and max absolute difference);
 - the learner->vLLM weight-sync time (median of 3);
 - learner tokens/s and MFU (model FLOPs over the bf16 dense peak of the device, from a table of
-  NVIDIA datasheet numbers keyed by ``torch.cuda.get_device_name``), for fp32 weights (as the
-  presets train), fp32 with TF32 matmuls, and bf16 weights;
+  NVIDIA datasheet numbers keyed by ``torch.cuda.get_device_name``), for fp32 weights with fp32
+  matmuls, fp32 weights with TF32 matmuls (``model.tf32``, as the GPU presets train), and bf16 weights;
 - peak GPU memory,
 
 and appends a dated section to ``benchmarks/RESULTS.md`` (``--json`` also writes the raw record).
@@ -50,6 +50,8 @@ NO_CUDA = "no CUDA device: this check needs a GPU"
 NO_VLLM = ("vLLM is not installed: this check needs the CUDA build (pip install vllm; the repo's `vllm` extra "
            "is the CPU build), or run it with --backend hf to sample with transformers instead")
 BACKENDS = ("vllm", "hf")
+FP32_ROW = "fp32 weights, fp32 matmuls (model.tf32=false)"
+TF32_ROW = "fp32 weights, TF32 matmuls (model.tf32=true, as the GPU presets train)"
 
 #: Qwen2.5-0.5B's transformer body (its vocabulary is not reproduced offline).
 QWEN05_SHAPE: dict[str, int] = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
@@ -239,7 +241,7 @@ def check_config(model_dir: Path, run_root: Path, cpu_smoke: bool, backend: str 
 
     files = [REPO / "configs" / "household.yaml", REPO / "configs" / "models" / "qwen2.5-0.5b.yaml"]
     overrides = [f"model.path={model_dir}", f"model.backend={backend}", f"run.root={run_root}", "run.name=gpu_check",
-                 "run.progress=false", "run.tensorboard=false", "rollout.tasks_per_batch=8", "rollout.group_size=8",
+                 "run.progress=false", "run.tensorboard=false", "model.tf32=false", "rollout.tasks_per_batch=8", "rollout.group_size=8",
                  "rollout.max_turns=3", "rollout.max_tokens=256", "train.micro_batch_size=16"]
     if cpu_smoke:
         overrides += ["model.device=cpu", "model.vllm.dtype=float32", "model.vllm.enforce_eager=true",
@@ -320,7 +322,7 @@ def raw_generate(backend: Any, cfg: Any, steps: list, device: Any) -> tuple[int,
 def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool, backend_kind: str = "vllm") -> CheckResult:
     import torch
 
-    from agentropy.training.model_setup import build_backend, load_policy
+    from agentropy.training.model_setup import build_backend, load_policy, set_matmul_precision
     from agentropy.training.policy_update import recompute_old
     from agentropy.training.rollout import collect
     from agentropy.training.step_samples import gather_samples
@@ -379,13 +381,11 @@ def run_check(model_dir: Path | None, work: Path, cpu_smoke: bool, backend_kind:
     accelerator = _make_accelerator(cfg)
     warm = trajectories[: cfg.rollout.group_size]  # one group: the first backward's kernel set-up, untimed
     time_update(cfg, accelerator, policy, tokenizer, warm, "warm-up", body, peak)
-    rows = [time_update(cfg, accelerator, policy, tokenizer, trajectories, "fp32 weights (as the presets train)",
-                        body, peak)]
+    rows = [time_update(cfg, accelerator, policy, tokenizer, trajectories, FP32_ROW, body, peak)]
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls
-        rows.append(time_update(cfg, accelerator, policy, tokenizer, trajectories, "fp32 weights, TF32 matmuls",
-                                body, peak))
-        torch.set_float32_matmul_precision("highest")
+        set_matmul_precision(True, device)
+        rows.append(time_update(cfg, accelerator, policy, tokenizer, trajectories, TF32_ROW, body, peak))
+        set_matmul_precision(False, device)
     peak_used = max(peak_used, _device_used_gib(device))
     policy.to(torch.bfloat16)
     rows.append(time_update(cfg, accelerator, policy, tokenizer, trajectories, "bf16 weights", body, peak))

@@ -143,7 +143,7 @@ def test_cpu_smoke_runs_the_whole_path_with_the_transformers_sampler(tmp_path):
     assert result["episodes"] == 4 and result["prompts"] == 8 and result["rollout_tokens"] > 0
     assert result["raw_tokens"] > 0
     assert result["logprob_tokens"] == result["rollout_tokens"] and result["logprob_max_abs_diff"] < 1e-5
-    assert [row["label"] for row in result["learner"]] == ["fp32 weights (as the presets train)", "bf16 weights"]
+    assert [row["label"] for row in result["learner"]] == [gpu_check.FP32_ROW, "bf16 weights"]
     assert "appended" not in done.stdout
 
 
@@ -169,5 +169,5 @@ def test_cpu_smoke_runs_the_whole_path_on_vllms_cpu_build(tmp_path):
     result = json.loads(record.read_text())
     assert result["episodes"] == 4 and result["prompts"] == 8 and result["rollout_tokens"] > 0
     assert result["logprob_tokens"] == result["rollout_tokens"] and result["logprob_max_abs_diff"] < 1e-4
-    assert [row["label"] for row in result["learner"]] == ["fp32 weights (as the presets train)", "bf16 weights"]
+    assert [row["label"] for row in result["learner"]] == [gpu_check.FP32_ROW, "bf16 weights"]
     assert "## " in done.stdout and "appended" not in done.stdout  # a smoke run writes no RESULTS.md

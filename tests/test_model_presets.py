@@ -137,6 +137,34 @@ def test_gradient_checkpointing_is_switched_on_and_changes_no_gradient(tmp_path)
     assert torch.allclose(grads[True], grads[False], atol=1e-6)
 
 
+@pytest.mark.parametrize("name", REAL)
+def test_gpu_presets_let_fp32_matmuls_use_tf32_and_the_default_does_not(name):
+    assert load_config(CONFIGS / "models" / f"{name}.yaml").model.tf32 is True
+    assert load_config(CONFIGS / "models" / "tiny.yaml").model.tf32 is False
+    assert load_config(CONFIGS / "quickstart.yaml").model.tf32 is False
+
+
+def test_tf32_sets_cuda_matmul_precision_and_leaves_cpu_runs_alone():
+    from agentropy.training.model_setup import set_matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        set_matmul_precision(True, "cpu")  # a CPU run stays bit-identical whatever the flag says
+        assert torch.get_float32_matmul_precision() == "highest"
+        set_matmul_precision(True, torch.device("cuda"))  # the setting needs no GPU to be read back
+        assert torch.get_float32_matmul_precision() == "high"
+        set_matmul_precision(False, "cuda:0")  # the config says fp32: an earlier setting is undone
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_tf32_is_a_boolean_named_when_wrong():
+    with pytest.raises(ConfigError, match="model.tf32"):
+        load_config(CONFIGS / "household.yaml", ["model.tf32=sometimes"])
+
+
 def test_vllm_settings_reach_the_engine():
     from agentropy.training.model_setup import vllm_engine_kwargs
 

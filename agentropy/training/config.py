@@ -100,6 +100,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # learner dtype
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more compute
+    tf32: bool = False  # on CUDA, float32 matmuls use TF32 tensor cores (10-bit mantissa products): 2.6x faster fp32 learner on an H200
     vllm: VLLMConfig = field(default_factory=VLLMConfig)  # engine settings of backend: vllm
 
     def __post_init__(self) -> None:
