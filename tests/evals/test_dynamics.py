@@ -340,3 +340,13 @@ def test_change_before_spike_is_measured_against_the_same_stretch_anywhere():
     # before the spike -0.6 -> excess -0.6 + 0.36 = -0.24
     assert dyn.change_before_spike_vs_any(dip, 5, 3) == pytest.approx(-0.24)
     assert dyn.collapsed([1.0, 0.8, 0.45]) and not dyn.collapsed([1.0, 0.8, 0.55])
+
+
+def test_runs_under_the_working_directory_are_named_relative_to_it(tmp_path, monkeypatch):
+    """A committed dynamics.json names its runs as a clone sees them, not by this machine's paths."""
+    from agentropy.evals.dynamics.analysis import _shown_path
+
+    (tmp_path / "docs" / "aggregates" / "grpo__household__s0").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert _shown_path(tmp_path / "docs" / "aggregates" / "grpo__household__s0") == "docs/aggregates/grpo__household__s0"
+    assert _shown_path(tmp_path.parent / "elsewhere") == str(tmp_path.parent / "elsewhere")

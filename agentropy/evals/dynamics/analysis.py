@@ -7,6 +7,7 @@ import platform
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -215,6 +216,15 @@ def analyze_strategy(runs: Sequence[RunData], options: Options) -> dict[str, Any
     }
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies under it, so that a committed
+    ``dynamics.json`` names its runs as a clone of the repository sees them."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def analyze(runs: Sequence[RunData], options: Options | None = None) -> dict[str, Any]:
     """The whole analysis: strategies side by side, then the claims table."""
     options = options or Options()
@@ -227,7 +237,7 @@ def analyze(runs: Sequence[RunData], options: Options | None = None) -> dict[str
     result = {
         "meta": {
             "env_id": runs[0].env_id,
-            "runs": [str(r.path) for r in runs],
+            "runs": [_shown_path(r.path) for r in runs],
             "options": asdict(options),
             "ci_level": CI_LEVEL,
             "machine": f"{platform.node()} ({platform.platform()}, {platform.processor() or platform.machine()})",
