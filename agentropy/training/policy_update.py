@@ -35,7 +35,7 @@ import torch
 from agentropy.nonfinite import NonFiniteError, require_finite
 from agentropy.training import methods
 from agentropy.training.entropy import EntropyHistory
-from agentropy.training.minibatch import guarded_step, micro_weight, mini_batches, take
+from agentropy.training.minibatch import guarded_step, micro_batches, micro_weight, mini_batches, take
 from agentropy.training.policy import PackedBatch, reply_logprobs_and_entropy
 from agentropy.training.snapshot import TrainingSnapshot
 from agentropy.training.step_samples import StepSamples, gather_samples
@@ -255,6 +255,7 @@ def iteration_update(
     agg = cfg.strategy.policy_loss.agg
     needs_logits = any(m.needs_logits for m in active)
     steps, step = train.ppo_epochs * max(1, train.mini_batches), 0
+    row_lengths = samples.batch.attention_mask.sum(1) if train.micro_batch_order == "by_length" else None
     for _epoch in range(train.ppo_epochs):
         for rows in mini_batches(n, train.mini_batches, ctx.generator):
             step += 1
@@ -263,7 +264,7 @@ def iteration_update(
                 continue
             total_tokens = float(mask[rows].sum().clamp(min=1.0))
             mini = MiniBatch(
-                rows, [rows[i : i + train.micro_batch_size] for i in range(0, len(rows), train.micro_batch_size)],
+                rows, micro_batches(rows, train.micro_batch_size, row_lengths),
                 total_tokens, float(stat_mask[rows].sum().clamp(min=1.0)),
                 float((mask[rows] * ctx.keep[rows]).sum().clamp(min=1.0)) if ctx.keep is not None else total_tokens)
             for start in hooks("mini_batch_start"):

@@ -1,0 +1,97 @@
+"""What sorting rows by length inside a mini-batch saves in the RL update (``train.micro_batch_order``).
+
+Collects one iteration of the household config's episodes (default: 16 tasks x 8, up to 10
+turns) with a policy (``--model``, e.g. an SFT start; default the config's tiny model), then runs
+the same update on them from the same weights with ``shuffled`` and ``by_length`` micro-batches,
+alternating the two ``--repeats`` times, since these machines are noisy. Prints, per order, the
+token positions the forward passes process (rows x widest row, summed), the median update time,
+and the loss and gradient norm (equal up to float rounding: the micro-batch weights sum the loss
+of the mini-batch either way). The last line is the time ratio of one run.
+
+    python benchmarks/micro_batch_order.py [--model DIR] [--repeats 3] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from agentropy.training.config import load_config
+from agentropy.training.minibatch import micro_batches, mini_batches
+from agentropy.training.model_setup import build_backend, load_policy
+from agentropy.training.policy_update import UpdateState, iteration_update
+from agentropy.training.step_samples import gather_samples
+from agentropy.training.trainer import _make_accelerator, collect_training_episodes, train_tasks
+
+ORDERS = ("shuffled", "by_length")
+
+
+def padded_positions(cfg, batch, order: str, iteration: int = 0) -> int:
+    """Token positions of the update's forward passes: each micro-batch is trimmed to its widest
+    prompt plus its widest reply (as ``PackedBatch.select`` does), times its rows."""
+    generator = torch.Generator().manual_seed(cfg.run.seed * 7919 + iteration)  # the update's own draw
+    prompt_len = batch.attention_mask[:, : -batch.reply_width].sum(1)
+    reply_len = batch.response_mask.sum(1)
+    lengths = batch.attention_mask.sum(1) if order == "by_length" else None
+    total = 0
+    for _ in range(cfg.train.ppo_epochs):
+        for rows in mini_batches(len(prompt_len), cfg.train.mini_batches, generator):
+            for idx in micro_batches(rows, cfg.train.micro_batch_size, lengths):
+                width = int(prompt_len[idx].max()) + max(int(reply_len[idx].max()), 1)
+                total += len(idx) * width
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/household.yaml")
+    parser.add_argument("--model", default="", help="policy folder (default: the tiny model of the config)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    overrides = ["run.progress=false", "run.tensorboard=false", *args.overrides]
+    if args.model:
+        overrides += [f"model.path={args.model}", "sft.enabled=false"]
+    cfg = load_config(args.config, overrides)
+    policy, tokenizer = load_policy(cfg.model, env_id=cfg.env.id)
+    backend = build_backend(cfg.model, policy, tokenizer, env_id=cfg.env.id)
+    trajectories, _ = collect_training_episodes(backend, tokenizer, cfg, train_tasks(cfg, 0), 0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = gather_samples(trajectories, pad, {}).batch
+    useful = int(batch.attention_mask.sum())
+    start = copy.deepcopy(policy.state_dict())
+
+    seconds: dict[str, list[float]] = {o: [] for o in ORDERS}
+    results: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeats):
+        for order in ORDERS:
+            run_cfg = load_config(args.config, [*overrides, f"train.micro_batch_order={order}"])
+            policy.load_state_dict(start)
+            accelerator = _make_accelerator(run_cfg)
+            optimizer = torch.optim.AdamW(policy.parameters(), lr=run_cfg.train.lr)
+            model, optimizer = accelerator.prepare(policy, optimizer)
+            t0 = time.perf_counter()
+            metrics = iteration_update(model, policy, optimizer, accelerator, tokenizer, trajectories, run_cfg, 0,
+                                       UpdateState.create(run_cfg))
+            seconds[order].append(time.perf_counter() - t0)
+            results[order] = {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"]}
+            accelerator.free_memory()
+
+    print(f"{len(trajectories)} episodes, {batch.attention_mask.shape[0]} turn rows, {useful:,} tokens; "
+          f"micro-batch {cfg.train.micro_batch_size}, {cfg.train.mini_batches} mini-batches, "
+          f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats")
+    for order in ORDERS:
+        positions = padded_positions(cfg, batch, order)
+        print(f"  {order:9s} positions {positions:9,} ({positions / useful:.2f}x the tokens)  update "
+              f"{statistics.median(seconds[order]):6.2f} s (runs {', '.join(f'{s:.2f}' for s in seconds[order])})  "
+              f"loss {results[order]['loss']:.6f}  grad norm {results[order]['grad_norm']:.6f}")
+    ratio = statistics.median(seconds["by_length"]) / statistics.median(seconds["shuffled"])
+    print(f"update s, by_length / shuffled: {ratio:.3f} (target <= 0.85)")
+
+
+if __name__ == "__main__":
+    main()
