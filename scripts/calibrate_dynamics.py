@@ -43,7 +43,9 @@ def main() -> None:
         f"{world['turns']} turns; replies of {world['content_tokens']} content tokens between fixed format tags "
         "(entropy ~0); content entropy 1.0 nats with group and reply random effects (SD 0.1 each) and token "
         f"noise (SD 0.3); every trajectory starts in its group's shared state and {world['noop_rate']:.0%} of "
-        "actions are no-ops that repeat the observation; the last iteration's entropy is "
+        "actions are no-ops that repeat the observation; every action is a tool call and a no-op is a malformed "
+        "one, so a reply follows a tool's response when its observation is new and it is not the first; the last "
+        "iteration's entropy is "
         f"{world['uniform_shift']:+g} nats lower at every turn (a drift that does not grow with the turn). The "
         "collapse null (for the echo-trap claims) adds a steady 70 % entropy decline with gradient norms "
         "independent of it.",

@@ -100,9 +100,12 @@ def test_claims_table_rows_match_the_numbers_in_dynamics_json(analyzed):
     table = md.split("## Claims table", 1)[1].split("**Verdict rule.**", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| # ")]
     assert len(rows) == len(data["claims"])
-    # recurrence is measured on identical rollouts of the two strategies: one row for both
+    # recurrence is measured on identical rollouts of the two strategies: one row for both; Household
+    # names no tool calls, so the tool claim is one n/a row for both
     merged = {r["claim_id"] for r in data["claims"] if r["strategy"] == "epo, grpo"}
-    assert merged == {"recurrence", "recurrence_late"} and len(rows) == len(dyn.CLAIMS) * 2 - 2
+    assert merged == {"recurrence", "recurrence_late", "tool_response"} and len(rows) == len(dyn.CLAIMS) * 2 - 3
+    tool = next(r for r in data["claims"] if r["claim_id"] == "tool_response")
+    assert (tool["verdict"], tool["note"]) == ("n/a", "no tool responses in these runs")
     seen = set()
     for line, row in zip(rows, data["claims"], strict=True):
         cells = [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
@@ -195,7 +198,9 @@ def test_one_seed_gives_a_nan_interval_and_an_inconclusive_verdict(bench, tmp_pa
     data = json.loads((out / "dynamics.json").read_text())
     p = data["strategies"]["grpo"]["drift"]["p"]
     assert p["n"] == 1 and p["lo"] is None and p["hi"] is None
-    assert {r["verdict"] for r in data["claims"]} == {"not distinguishable from noise", "no collapse to test"}
+    verdicts = {r["claim_id"]: r["verdict"] for r in data["claims"]}
+    assert verdicts.pop("tool_response") == "n/a"  # Household names no tool calls
+    assert set(verdicts.values()) == {"not distinguishable from noise", "no collapse to test"}
     assert "slope = 0.06 [NaN, NaN]" in (out / "dynamics.md").read_text()
 
 

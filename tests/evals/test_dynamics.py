@@ -319,6 +319,42 @@ def test_format_tokens_are_removed_and_heads_compared_by_observation():
     assert old.rest_mean < c.content.rest_mean
 
 
+def test_heads_after_a_tool_response_are_compared_with_heads_after_none():
+    def reply(t, anchor, content_h, **info):
+        ids = [900, *range(10 * t + 1, 10 * t + 1 + len(content_h)), 901]
+        return step(t, [0.0, *content_h, 0.0], anchor, ids, **info)
+
+    # turn 0 follows the question alone; turn 1 follows a search's results; turn 2 follows a
+    # malformed call (no tool response); turn 3 follows a failed open (tool error)
+    episode = traj("a", "g", [reply(0, "q", [1.0, 1.0, 0.5], tool_call="search"),
+                              reply(1, "results", [3.0, 2.0, 0.5], tool_call="open", invalid_action=True),
+                              reply(2, "bad call", [1.5, 1.5, 0.5], tool_call="open", tool_error=True),
+                              reply(3, "error", [0.5, 0.5, 0.5], tool_call="answer")])
+    assert [tool for _, tool in dyn.follows_tool_response(episode)] == [False, True, False, False]
+    c = dyn.post_observation_contrast([episode], n=2)
+    # heads: 1.0 (none), 2.5 (after the search), 1.5 (none), 0.5 (none)
+    assert (c.head_tool_n, c.head_other_n) == (1, 3)
+    assert c.tool_minus_other == pytest.approx(2.5 - (1.0 + 1.5 + 0.5) / 3)
+    # an env that names no tool calls: nothing to compare
+    plain = traj("b", "g", [reply(0, "q", [1.0, 1.0, 0.5]), reply(1, "r", [3.0, 2.0, 0.5])])
+    assert not dyn.reports_tool_calls([plain])
+    assert math.isnan(dyn.post_observation_contrast([plain], n=2).tool_minus_other)
+
+
+def test_claims_table_judges_the_tool_claim_only_on_runs_with_tool_calls():
+    rows = dyn.claims_table({"grpo": _strategy(0.5, False, True), "epo": _strategy(0.5, True, False)})
+    tool = [r for r in rows if r["claim_id"] == "tool_response"]
+    assert [(r["strategy"], r["verdict"], r["note"]) for r in tool] == [
+        ("grpo, epo", "n/a", "no tool responses in these runs")]
+    with_tools = _strategy(0.5, False, True)
+    with_tools["post_obs"].update({"after_tool": 40, "tool_minus_other": {"mean": 0.3, "lo": 0.1, "hi": 0.5, "n": 3}})
+    against = _strategy(0.5, True, False)
+    against["post_obs"].update({"after_tool": 40, "tool_minus_other": {"mean": -0.3, "lo": -0.5, "hi": -0.1, "n": 3}})
+    rows = dyn.claims_table({"grpo": with_tools, "epo": against})
+    verdicts = {r["strategy"]: r["verdict"] for r in rows if r["claim_id"] == "tool_response"}
+    assert verdicts == {"grpo": "holds", "epo": "does not hold"}
+
+
 def test_informative_recurrence_drops_the_initial_state_and_no_ops():
     trajs = [visits("a", "g", ["start", "hall", "hall", "kitchen"]),
              visits("b", "g", ["start", "hall", "garden", "garden"]),

@@ -9,7 +9,9 @@ disk in the format ``agentropy analyze`` reads, for end-to-end checks.
 What the null worlds contain (what a claim must *not* mistake for its effect):
 
 * every trajectory of a group starts in the same state, and 30 % of actions are no-ops that
-  repeat the previous observation;
+  repeat the previous observation; each action is a tool call, and a no-op is a malformed one
+  (``info`` names the call and flags it invalid), so a reply follows a tool's response exactly
+  when its observation is new and it is not the first;
 * replies are ``content... </action>`` (the prompt opens the tag): fixed closing-tag tokens with
   entropy ~0 after the content, whose entropy has group- and reply-level random effects;
 * the last iteration's entropy is lower than the first's by the same amount at every turn (a
@@ -56,6 +58,7 @@ class World:
     # planted effects (0 = absent)
     drift_per_turn: float = 0.0  # last iteration: extra entropy change of drift_per_turn * t at turn t
     head_boost: float = 0.0  # first n content tokens after a *new* observation
+    tool_head_boost: float = 0.0  # first n content tokens after a tool's response (new and not the first turn)
     shared_states_first: float = 0.0  # chance a new state is the group's shared one, first iteration
     shared_states_last: float = 0.0  # same at the last iteration
     entropy_decline: float = 0.0  # fraction of the first step's entropy lost linearly by the last step
@@ -74,6 +77,7 @@ PLANTED: dict[str, World] = {
     "decline": World(entropy_decline=0.5),
     "drift": World(drift_per_turn=-0.08),
     "post_obs": World(head_boost=0.3),
+    "tool_response": World(tool_head_boost=0.3),
     "recurrence": World(shared_states_first=1.0, shared_states_last=1.0),
     "recurrence_late": World(shared_states_first=1.0, shared_states_last=0.5),
     "collapse_reward_std": World(entropy_decline=0.7, spike_drop=0.25),
@@ -89,6 +93,8 @@ PLANTED_TEXT: dict[str, str] = {
     "decline": "entropy falls linearly by 50 % over 10 steps (step noise SD 0.03 nats)",
     "drift": "last-iteration entropy shifted by -0.1 - 0.08 t nats at turn t (the null has the uniform -0.1 only)",
     "post_obs": "first 4 content tokens after a new observation +0.3 nats",
+    "tool_response": "first 4 content tokens after a tool's response +0.3 nats (the first reply and replies after a "
+                     "malformed call: none)",
     "recurrence": "every real move goes to the group's shared state of that turn (30 % no-ops)",
     "recurrence_late": "shared-state share of real moves falls from 100 % to 50 %",
     "collapse_reward_std": "reward std and entropy fall an extra 0.25 at the grad-norm spike (step noise SD 0.03)",
@@ -151,14 +157,18 @@ def _trajectories(world: World, rng: np.random.Generator, last: bool) -> list[Tr
                 elif t > 0:
                     new[t] = False  # a no-op: the observation repeats
                 anchors.append(anchor)
-            boost = np.asarray(new, dtype=float)[:, None] * (np.arange(world.content_tokens) < world.n_head)
-            hj = np.clip(h[g, j] + world.head_boost * boost, 0.0, None).tolist()
+            head = np.arange(world.content_tokens) < world.n_head
+            boost = np.asarray(new, dtype=float)[:, None] * head
+            after_tool = np.asarray([t > 0 and new[t] for t in range(world.turns)], dtype=float)[:, None] * head
+            hj = np.clip(h[g, j] + world.head_boost * boost + world.tool_head_boost * after_tool, 0.0, None).tolist()
             for t in range(world.turns):
                 ids = [*(canonical[g][t] if copies[g][j][t] else fresh[g][j][t]), *FORMAT_CLOSE]
                 entropy = [*hj[t], 0.02, 0.01, 0.01]
+                # the action's result: a tool call, malformed when the next observation repeats this one
+                info = {"tool_call": "search", "invalid_action": t + 1 < world.turns and not new[t + 1]}
                 steps.append(Step(turn=t, prompt_ids=[0], response_ids=ids, logprobs=[0.0] * len(ids), entropy=entropy,
                                   reward=0.0, terminated=t == world.turns - 1, truncated=False, anchor_obs=anchors[t],
-                                  action="act", group_id=f"g{g}", traj_id=f"g{g}-{j}"))
+                                  action="act", group_id=f"g{g}", traj_id=f"g{g}-{j}", info=info))
             trajs.append(Trajectory(traj_id=f"g{g}-{j}", group_id=f"g{g}", task_id=f"task{g}", seed=g, steps=steps,
                                     episode_return=float(won[g][j]), won=won[g][j]))
     return trajs

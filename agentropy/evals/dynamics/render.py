@@ -183,12 +183,19 @@ def write_dynamics(result: Mapping[str, Any], out_dir: str | Path, command: str 
               "is ~0, so it exceeds 1 with no observation effect (descriptive only). The verdict uses content tokens "
               "(format tokens removed): log_ratio = log(head / rest), and new_minus_repeat = head entropy after a "
               "new observation minus after a repeated (no-op) one.", ""]
-    lines += _summary_table(strategies, "post_obs", ["log_ratio", "new_minus_repeat", "ratio", "head", "rest"])
+    tools = any(s["post_obs"].get("after_tool", 0) for s in strategies.values())
+    if tools:
+        lines += ["In this env the agent calls tools: tool_minus_other = head entropy after a tool's response minus "
+                  "after none (the first reply, or after a malformed or failed call).", ""]
+    lines += _summary_table(strategies, "post_obs", ["log_ratio", "new_minus_repeat",
+                                                     *(["tool_minus_other"] if tools else []), "ratio", "head", "rest"])
     lines += ["", "| strategy | paired replies | replies of 1..n tokens (left out) | empty replies (left out) | "
-              "replies after a new observation | after a repeated observation |",
-              "|---|---|---|---|---|---|"]
+              "replies after a new observation | after a repeated observation |"
+              + (" after a tool response | after none |" if tools else ""),
+              "|---|---|---|---|---|---|" + ("---|---|" if tools else "")]
     lines += [f"| {k} | {s['post_obs']['pairs']} | {s['post_obs']['short']} | {s['post_obs']['empty']} | "
               f"{s['post_obs'].get('after_new', 'NaN')} | {s['post_obs'].get('after_repeat', 'NaN')} |"
+              + (f" {s['post_obs'].get('after_tool', 0)} | {s['post_obs'].get('after_no_tool', 0)} |" if tools else "")
               for k, s in strategies.items()]
     lines += ["", fig("post_observation"), ""]
     lines += ["## 6. State recurrence within a group", ""]

@@ -607,15 +607,39 @@ def follows_new_observation(trajectory: Trajectory) -> list[tuple[Step, bool]]:
     return out
 
 
+def follows_tool_response(trajectory: Trajectory) -> list[tuple[Step, bool]]:
+    """The analysed steps, each with whether its observation is a tool's response: the previous
+    turn's action was a tool call the env carried out (its ``info`` names one in ``tool_call``,
+    and flags neither ``invalid_action`` nor ``tool_error``). The first reply (after the task
+    alone) and replies after a malformed or failed call follow no tool response."""
+    out, previous = [], None
+    for step in analysed_steps(trajectory):
+        tool = previous is not None and bool(previous.info.get("tool_call")) and not (
+            previous.info.get("invalid_action") or previous.info.get("tool_error"))
+        out.append((step, tool))
+        previous = step
+    return out
+
+
+def reports_tool_calls(trajectories: Iterable[Trajectory]) -> bool:
+    """Whether the env of these trajectories names its tool calls (``info["tool_call"]``)."""
+    return any("tool_call" in s.info for t in trajectories for s in t.steps)
+
+
 @dataclass
 class PostObsContrast:
-    """Content-token head/rest sums, and head entropy after new vs repeated observations."""
+    """Content-token head/rest sums, and head entropy after new vs repeated observations and
+    after a tool response vs after none (tool envs only)."""
 
     content: PostObsCounts = field(default_factory=PostObsCounts)
     head_new_sum: float = 0.0
     head_new_n: int = 0
     head_repeat_sum: float = 0.0
     head_repeat_n: int = 0
+    head_tool_sum: float = 0.0
+    head_tool_n: int = 0
+    head_other_sum: float = 0.0
+    head_other_n: int = 0
 
     def add(self, other: PostObsContrast) -> None:
         self.content.add(other.content)
@@ -623,6 +647,10 @@ class PostObsContrast:
         self.head_new_n += other.head_new_n
         self.head_repeat_sum += other.head_repeat_sum
         self.head_repeat_n += other.head_repeat_n
+        self.head_tool_sum += other.head_tool_sum
+        self.head_tool_n += other.head_tool_n
+        self.head_other_sum += other.head_other_sum
+        self.head_other_n += other.head_other_n
 
     @property
     def log_ratio(self) -> float:
@@ -637,6 +665,13 @@ class PostObsContrast:
             return math.nan
         return self.head_new_sum / self.head_new_n - self.head_repeat_sum / self.head_repeat_n
 
+    @property
+    def tool_minus_other(self) -> float:
+        """Mean head entropy after a tool response minus after none (NaN without both kinds)."""
+        if not self.head_tool_n or not self.head_other_n:
+            return math.nan
+        return self.head_tool_sum / self.head_tool_n - self.head_other_sum / self.head_other_n
+
 
 def post_observation_contrast(trajectories: Sequence[Trajectory], n: int = 4,
                               min_share: float = 0.9) -> PostObsContrast:
@@ -646,17 +681,26 @@ def post_observation_contrast(trajectories: Sequence[Trajectory], n: int = 4,
     is ~0, so it exceeded 1 without any observation effect. Here head = the first n *content*
     tokens, rest = the later content tokens, and the comparison group is the head of replies
     whose observation repeated the previous one: the same position in the reply, no new
-    information to react to."""
+    information to react to. In envs that name their tool calls, heads are also split by
+    whether the reply follows a tool's response (ARPO's claim is about exactly those tokens)."""
     fixed = format_token_ids(trajectories, min_share)
+    tools = reports_tool_calls(trajectories)
     out = PostObsContrast()
     for traj in trajectories:
-        for step, new in follows_new_observation(traj):
+        after_tool = [tool for _, tool in follows_tool_response(traj)] if tools else None
+        for k, (step, new) in enumerate(follows_new_observation(traj)):
             content = [h for tok, h in zip(step.response_ids, step.entropy, strict=False) if tok not in fixed]
             head, rest = content[:n], content[n:]
             if not content:
                 out.content.empty += 1
                 continue
             head_mean = sum(head) / len(head)
+            if after_tool is not None and after_tool[k]:
+                out.head_tool_sum += head_mean
+                out.head_tool_n += 1
+            elif after_tool is not None:
+                out.head_other_sum += head_mean
+                out.head_other_n += 1
             if new:
                 out.head_new_sum += head_mean
                 out.head_new_n += 1

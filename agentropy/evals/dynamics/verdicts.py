@@ -9,7 +9,8 @@ prints the numbers next to each rule. Other outcomes:
 * "does not hold": the 95 % interval over seeds lies entirely on the other side;
 * "not distinguishable from noise": the interval straddles the threshold;
 * "no collapse to test": an echo-trap claim for a strategy none of whose runs collapsed;
-* "n/a": the claim is about runs with no entropy method.
+* "n/a": the claim is about runs with no entropy method, or about tool calls and the runs' env
+  names none.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Claim:
     conditions: tuple[Condition, ...]
     scope: Literal["all", "baseline"] = "all"  # baseline: only runs with no entropy method
     needs_collapse: bool = False  # echo-trap claims: only for strategies with a collapse event
+    needs_tools: bool = False  # tool-call claims: only for runs whose env names its tool calls
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -112,6 +114,14 @@ CLAIMS: tuple[Claim, ...] = (
           "minus after a repeated (no-op) observation > 0",
           (Condition("post_obs.log_ratio", "log_ratio", 0.0, "above"),
            Condition("post_obs.new_minus_repeat", "new_minus_repeat", 0.0, "above"))),
+    Claim("tool_response", "The first tokens after a tool's response have higher entropy than those of replies "
+          "that follow no tool response",
+          "ARPO, arXiv 2507.19849",
+          "content tokens only: mean entropy of a reply's first n content tokens when the previous action was a "
+          "tool call the env carried out (its info names `tool_call`; not malformed, no tool error), minus the same "
+          "for replies that follow no tool response (the first reply, after the task alone, or after a malformed or "
+          "failed call); only envs that name their tool calls",
+          (Condition("post_obs.tool_minus_other", "tool_minus_other", 0.0, "above"),), needs_tools=True),
     Claim("recurrence", "Most anchor states recur within a group (over 65 % in ALFWorld with groups of 8)",
           "GiGPO, arXiv 2505.10978",
           "fraction of distinct (group, anchor) states reached by ≥ 2 trajectories of the group, first iteration, "
@@ -154,6 +164,14 @@ def claims_table(strategies: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
     strategies whose numbers for a claim are identical share one row (labels joined by ', ')."""
     rows = []
     for claim in CLAIMS:
+        if claim.needs_tools and not any(_get(s, "post_obs.after_tool", 0) for s in strategies.values()):
+            rows.append({"claim_id": claim.id, "claim": claim.claim, "source": claim.source,
+                         "statistic": claim.statistic, "strategy": ", ".join(strategies), "seeds": 0,
+                         "values": {c.name: {"mean": None, "lo": None, "hi": None, "n": 0} for c in claim.conditions},
+                         "conditions": [{"name": c.name, "threshold": c.threshold, "side": c.side,
+                                         "verdict": NOT_APPLICABLE} for c in claim.conditions],
+                         "verdict": NOT_APPLICABLE, "note": "no tool responses in these runs"})
+            continue
         merged: dict[str, dict[str, Any]] = {}
         for label, s in strategies.items():
             conditions = claim.conditions
