@@ -19,8 +19,8 @@ import statistics
 import time
 
 import torch
+from run_args import add_run_arguments, load_run_config
 
-from agentropy.training.config import load_config
 from agentropy.training.minibatch import micro_batches, mini_batches
 from agentropy.training.model_setup import build_backend, load_policy
 from agentropy.training.policy_update import UpdateState, iteration_update
@@ -48,15 +48,10 @@ def padded_positions(cfg, batch, order: str, iteration: int = 0) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/household.yaml")
-    parser.add_argument("--model", default="", help="policy folder (default: the tiny model of the config)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("overrides", nargs="*")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    overrides = ["run.progress=false", "run.tensorboard=false", *args.overrides]
-    if args.model:
-        overrides += [f"model.path={args.model}", "sft.enabled=false"]
-    cfg = load_config(args.config, overrides)
+    cfg = load_run_config(args)
     policy, tokenizer = load_policy(cfg.model, env_id=cfg.env.id)
     backend = build_backend(cfg.model, policy, tokenizer, env_id=cfg.env.id)
     trajectories, _ = collect_training_episodes(backend, tokenizer, cfg, train_tasks(cfg, 0), 0)
@@ -69,7 +64,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for _ in range(args.repeats):
         for order in ORDERS:
-            run_cfg = load_config(args.config, [*overrides, f"train.micro_batch_order={order}"])
+            run_cfg = load_run_config(args, f"train.micro_batch_order={order}")
             policy.load_state_dict(start)
             accelerator = _make_accelerator(run_cfg)
             optimizer = torch.optim.AdamW(policy.parameters(), lr=run_cfg.train.lr)

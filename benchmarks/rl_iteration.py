@@ -25,8 +25,8 @@ import statistics
 import time
 
 import torch
+from run_args import add_run_arguments, load_run_config
 
-from agentropy.training.config import load_config
 from agentropy.training.evaluation import evaluate_policy
 from agentropy.training.model_setup import build_backend, load_policy
 from agentropy.training.policy_update import UpdateState, iteration_update, recompute_old
@@ -36,15 +36,10 @@ from agentropy.training.trainer import _make_accelerator, collect_training_episo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/household.yaml")
-    parser.add_argument("--model", default="", help="policy folder (default: the tiny model of the config)")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("overrides", nargs="*")
+    add_run_arguments(parser)
     args = parser.parse_args()
-    overrides = ["run.progress=false", "run.tensorboard=false", *args.overrides]
-    if args.model:
-        overrides += [f"model.path={args.model}", "sft.enabled=false"]
-    cfg = load_config(args.config, overrides)
+    cfg = load_run_config(args)
     accelerator = _make_accelerator(cfg)
     model, tokenizer = load_policy(cfg.model, env_id=cfg.env.id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
