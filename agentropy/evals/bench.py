@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agentropy.configuration import ConfigError, deep_merge, from_dict, read_yaml
+from agentropy.training.run_folder import run_provenance
 
 
 @dataclass
@@ -152,7 +153,8 @@ def _train_init_model(bench: BenchConfig, folder: Path, env: str, extra: list[st
     cfg.run.name, cfg.train.iterations = out.name, 0
     cfg.strategy = type(cfg.strategy)()
     result = train(cfg)
-    (out / "done.json").write_text(json.dumps({"cell": cell.name, "sft_success": result.sft_success}))
+    (out / "done.json").write_text(json.dumps({"cell": cell.name, "sft_success": result.sft_success,
+                                               "provenance": run_provenance(out)}))
     return model_dir
 
 
@@ -198,5 +200,5 @@ def _run_cell(bench: BenchConfig, folder: Path, cell: Cell, cell_dir: Path, init
     (cell_dir / "done.json").write_text(json.dumps({
         "cell": cell.name, "strategy": cell.strategy, "env": cell.env, "seed": cell.seed,
         "sft_success": result.sft_success, "final_success": result.final_success,
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": time.perf_counter() - t0, "provenance": run_provenance(cell_dir),
     }))

@@ -90,6 +90,24 @@ def cell_row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def machine_lines(out: Path, present: Sequence[Cell]) -> list[str]:
+    """Which kind of machine made which cells (from each ``done.json``'s provenance): runs of one
+    config and seed differ in their floats across torch's CPU kernels and thread counts, so a
+    reader should see whether a comparison mixes them."""
+    from agentropy.provenance import machine
+
+    made_by: dict[str, list[str]] = {}
+    for cell in present:
+        done = json.loads((out / cell.name / "done.json").read_text(encoding="utf-8"))
+        record = done.get("provenance")
+        key = machine(record) if record else "not recorded (cells finished before runs recorded their machine)"
+        made_by.setdefault(key, []).append(cell.name)
+    lines = ["Machines (torch's kernels and threads change the floats, so cells made on different kinds of "
+             "machine agree only statistically):", ""]
+    lines += [f"- {key}: {len(names)} cell{'s' if len(names) > 1 else ''}" for key, names in made_by.items()]
+    return lines
+
+
 def write_cell_table(out: Path, present: Sequence[Cell], total: int) -> Path:
     """``cells.md``: every finished cell's entropy ratio, collapse flag and paired held-out change."""
     from agentropy.evals.report import COLLAPSE_RATIO
@@ -110,6 +128,7 @@ def write_cell_table(out: Path, present: Sequence[Cell], total: int) -> Path:
         lines.append(f"| {r['cell']} | {fmt(r['entropy_first'], '{:.4f}')} | {fmt(r['entropy_last'], '{:.4f}')} | "
                      f"{fmt(r['ratio'])} | {collapsed} | {fmt(r.get('before'))} | {fmt(r.get('after'))} | {change} | "
                      f"{fmt_p(r['p']) if 'p' in r else 'n/a'} | {r.get('n', 'n/a')} |")
+    lines += ["", *machine_lines(out, present)]
     path = out / "cells.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

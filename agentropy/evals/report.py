@@ -65,6 +65,16 @@ def _pm(values: Sequence[float | None], fmt: str = "{:.3f}") -> str:
     return format_mean_sd(values, fmt)
 
 
+def _made_by_lines(run_dir: Path) -> list[str]:
+    """Where ``run.json`` records the run's code and machine: say so (the same config and seed give
+    other floats under other torch kernels or thread counts)."""
+    from agentropy.provenance import describe
+    from agentropy.training.run_folder import run_provenance
+
+    record = run_provenance(run_dir)
+    return ["", f"Made by: {describe(record)} (`run.json`)."] if record else []
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """``report.md`` + plots for one training run."""
     run_dir = Path(run_dir)
@@ -93,6 +103,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     if note:
         lines += ["", note]
     lines += _tool_use_lines(evals)
+    lines += _made_by_lines(run_dir)
     figures = run_dir / "figures"
     runs = {run_dir.name: [records]}
     made = [

@@ -5,6 +5,10 @@ Re-running ``train`` with the ``run.name`` of an earlier run used to append to i
 folder that already holds a run is refused (unless ``--overwrite``), every run gets an
 identity (``run.json``: a random id) that its checkpoints carry, and ``--resume`` checks that
 the checkpoint was written with this config, naming the fields that differ.
+
+``run.json`` also records what made the run (:mod:`agentropy.provenance`: code commit, library
+versions, torch's CPU kernels, threads, device), and each resume appends its own record there,
+warning when a fact that changes the floats differs from the start's.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
+from agentropy import provenance as prov
 from agentropy.errors import UsageError
 from agentropy.training import checkpoint as ckpt
 
@@ -62,12 +68,40 @@ def check_fresh_start(run_dir: Path, overwrite: bool) -> None:
     shutil.rmtree(run_dir)
 
 
-def start_run(run_dir: Path) -> str:
-    """Give a fresh run its identity (written to ``run.json``) and return it."""
+def start_run(run_dir: Path, device: str | None = None) -> str:
+    """Give a fresh run its identity and record what makes it (both in ``run.json``); return the id."""
     run_id = uuid.uuid4().hex
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}) + "\n", encoding="utf-8")
+    record = {"run_id": run_id, "provenance": prov.provenance(device)}
+    (run_dir / RUN_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
     return run_id
+
+
+def record_resume(run_dir: Path, device: str | None = None) -> list[str]:
+    """Append this process's provenance to ``run.json``'s ``resumed`` list; warn, and return the
+    differences, when a fact that changes the floats differs from the run's start (a resumed run
+    continues exactly only on the same kind of machine, kernels and thread count)."""
+    path = run_dir / RUN_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    current = prov.provenance(device)
+    diffs = prov.numerics_mismatch(record.get("provenance"), current)
+    record.setdefault("resumed", []).append(current)
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    if diffs:
+        warnings.warn(f"{run_dir}: resumed on another kind of machine than it started on ("
+                      + "; ".join(diffs) + "): it will not continue bit for bit", RuntimeWarning, stacklevel=2)
+    return diffs
+
+
+def run_provenance(run_dir: Path) -> dict[str, Any] | None:
+    """The provenance recorded when the run in ``run_dir`` started (None before records existed)."""
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("provenance")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def run_identity(run_dir: Path) -> str | None:

@@ -45,7 +45,7 @@ from agentropy.training.rollout import (
     run_seed,
     shared_pool,
 )
-from agentropy.training.run_folder import run_identity, start_run
+from agentropy.training.run_folder import record_resume, run_identity, start_run
 from agentropy.training.run_log import RunLog
 from agentropy.training.sft import collect_demonstrations, train_sft
 from agentropy.training.tool_metrics import merge_tool_metrics
@@ -105,7 +105,10 @@ def _train(cfg: Config, resume: bool) -> TrainResult:
     if resume and state_ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {run_dir / 'checkpoints'}")
     if main:
-        run_id = run_id if resume else start_run(run_dir)  # a fresh run: a new identity, a new metrics file
+        if resume:
+            record_resume(run_dir, cfg.model.device)
+        else:
+            run_id = start_run(run_dir, cfg.model.device)  # a fresh run: a new identity, a new metrics file
         save_config(cfg, run_dir / "config.yaml")
     log = RunLog(run_dir, tensorboard=cfg.run.tensorboard and main, fresh=not resume) if main else None
 

@@ -49,6 +49,10 @@ def test_micro_bench_report_holds_metrics(tmp_path):
     # All cells start from the same SFT checkpoint and are scored on the same test tasks.
     sft = {json.loads((bench_dir / c / "done.json").read_text())["sft_success"] for c in cells if c != "init__household"}
     assert len(sft) == 1
+    # Each cell names the machine facts that made it (torch's kernels and threads change the floats).
+    made = json.loads((bench_dir / "grpo__household__s0" / "done.json").read_text())["provenance"]
+    assert made["threads"] >= 1 and made["cpu_capability"]
+    assert "Made by: torch" in (bench_dir / "grpo__household__s0" / "report.md").read_text()
     # Re-running skips finished cells (resumable cell by cell).
     before = (bench_dir / "grpo__household__s0" / "metrics.jsonl").read_text()
     run_bench(write_bench(tmp_path))
