@@ -159,23 +159,33 @@ RULE = ("A condition holds when the 95 % t-interval over seeds lies entirely on 
         "several strategies (one measurement, e.g. of the shared SFT start) are written once.")
 
 
+_NO_VALUE = {"mean": None, "lo": None, "hi": None, "n": 0}
+
+
+def _row(claim: Claim, strategy: str, seeds: int, values: dict[str, Any], sides_and_verdicts: list[tuple[str, str]],
+         verdict: str, note: str) -> dict[str, Any]:
+    """One row of the claims table: the claim, whose numbers, and each condition's side and verdict."""
+    return {"claim_id": claim.id, "claim": claim.claim, "source": claim.source, "statistic": claim.statistic,
+            "strategy": strategy, "seeds": seeds, "values": values,
+            "conditions": [{"name": c.name, "threshold": c.threshold, "side": side, "verdict": v}
+                           for c, (side, v) in zip(claim.conditions, sides_and_verdicts, strict=True)],
+            "verdict": verdict, "note": note}
+
+
 def claims_table(strategies: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per claim and strategy, with the numbers and the verdict computed from them;
     strategies whose numbers for a claim are identical share one row (labels joined by ', ')."""
     rows = []
     for claim in CLAIMS:
         if claim.needs_tools and not any(_get(s, "post_obs.after_tool", 0) for s in strategies.values()):
-            rows.append({"claim_id": claim.id, "claim": claim.claim, "source": claim.source,
-                         "statistic": claim.statistic, "strategy": ", ".join(strategies), "seeds": 0,
-                         "values": {c.name: {"mean": None, "lo": None, "hi": None, "n": 0} for c in claim.conditions},
-                         "conditions": [{"name": c.name, "threshold": c.threshold, "side": c.side,
-                                         "verdict": NOT_APPLICABLE} for c in claim.conditions],
-                         "verdict": NOT_APPLICABLE, "note": "no tool responses in these runs"})
+            rows.append(_row(claim, ", ".join(strategies), 0, {c.name: dict(_NO_VALUE) for c in claim.conditions},
+                             [(c.side, NOT_APPLICABLE) for c in claim.conditions], NOT_APPLICABLE,
+                             "no tool responses in these runs"))
             continue
         merged: dict[str, dict[str, Any]] = {}
         for label, s in strategies.items():
             conditions = claim.conditions
-            values = {c.name: _get(s, c.key) or {"mean": None, "lo": None, "hi": None, "n": 0} for c in conditions}
+            values = {c.name: _get(s, c.key) or dict(_NO_VALUE) for c in conditions}
             per_condition = {c.name: threshold_verdict(values[c.name], c.threshold, c.expected_side(s))
                              for c in conditions}
             in_scope = claim.scope == "all" or s["baseline"]
@@ -195,12 +205,8 @@ def claims_table(strategies: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
                 merged[key]["strategy"] += f", {label}"
                 merged[key]["note"] = "identical numbers: one measurement shared by these strategies"
                 continue
-            merged[key + label if key in merged else key] = {
-                "claim_id": claim.id, "claim": claim.claim, "source": claim.source, "statistic": claim.statistic,
-                "strategy": label, "seeds": seeds, "values": values,
-                "conditions": [{"name": c.name, "threshold": c.threshold, "side": c.expected_side(s),
-                                "verdict": per_condition[c.name]} for c in conditions],
-                "verdict": verdict, "note": note,
-            }
+            merged[key + label if key in merged else key] = _row(
+                claim, label, seeds, values, [(c.expected_side(s), per_condition[c.name]) for c in conditions],
+                verdict, note)
         rows += list(merged.values())
     return rows
