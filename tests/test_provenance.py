@@ -62,3 +62,21 @@ def test_cell_table_groups_cells_by_machine(tmp_path):
     lines = machine_lines(tmp_path, cells)
     assert "- torch 2.13.0+cpu (AVX2 kernels, 1 threads, cpu; X): 2 cells" in lines
     assert any(line.startswith("- not recorded") and line.endswith(": 1 cell") for line in lines)
+
+
+def _eval_record(outcomes: list[int]) -> str:
+    return json.dumps({"iteration": -1, "phase": "eval", "success_rate": sum(outcomes) / len(outcomes),
+                       "success_by_task": outcomes})
+
+
+def test_cell_table_warns_when_cells_start_from_different_sft_models(tmp_path):
+    from agentropy.evals.bench_export import start_lines
+
+    cells = [Cell("grpo", "household", 0), Cell("siren", "household", 0), Cell("siren", "household", 1)]
+    for cell, before in zip(cells, ([1, 0, 1, 0], [1, 0, 1, 0], [0, 0, 1, 1]), strict=True):
+        (tmp_path / cell.name).mkdir()
+        (tmp_path / cell.name / "metrics.jsonl").write_text(_eval_record(before) + "\n")
+    assert start_lines(tmp_path, cells[:2]) == []  # one start: nothing to say
+    warning = start_lines(tmp_path, cells)[0]
+    assert warning.startswith("**Warning: the household cells did not all start from the same SFT model**")
+    assert "2/4 solved: grpo__household__s0, siren__household__s0; 2/4 solved: siren__household__s1" in warning

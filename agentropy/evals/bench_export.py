@@ -90,6 +90,27 @@ def cell_row(run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def start_lines(out: Path, present: Sequence[Cell]) -> list[str]:
+    """A warning when cells of one env did not start from the same SFT model.
+
+    Every paired comparison of the bench assumes a shared start. Cells made in two bench folders
+    (another session, another kind of machine) may start from different SFT models; their
+    held-out outcomes before RL then differ task by task, which is how this finds them."""
+    starts: dict[str, dict[tuple[int, ...] | None, list[str]]] = {}
+    for cell in present:
+        before, _ = _held_out(_records(out / cell.name))
+        starts.setdefault(cell.env, {}).setdefault(tuple(before) if before else None, []).append(cell.name)
+    lines = []
+    for env, groups in starts.items():
+        if len(groups) > 1:
+            shown = "; ".join(
+                f"{'no record' if key is None else f'{sum(key)}/{len(key)} solved'}: {', '.join(names)}"
+                for key, names in groups.items())
+            lines += [f"**Warning: the {env} cells did not all start from the same SFT model** (their held-out "
+                      f"outcomes before RL differ): {shown}. Comparisons across these groups are not paired.", ""]
+    return lines
+
+
 def machine_lines(out: Path, present: Sequence[Cell]) -> list[str]:
     """Which kind of machine made which cells (from each ``done.json``'s provenance): runs of one
     config and seed differ in their floats across torch's CPU kernels and thread counts, so a
@@ -128,7 +149,7 @@ def write_cell_table(out: Path, present: Sequence[Cell], total: int) -> Path:
         lines.append(f"| {r['cell']} | {fmt(r['entropy_first'], '{:.4f}')} | {fmt(r['entropy_last'], '{:.4f}')} | "
                      f"{fmt(r['ratio'])} | {collapsed} | {fmt(r.get('before'))} | {fmt(r.get('after'))} | {change} | "
                      f"{fmt_p(r['p']) if 'p' in r else 'n/a'} | {r.get('n', 'n/a')} |")
-    lines += ["", *machine_lines(out, present)]
+    lines += ["", *start_lines(out, present), *machine_lines(out, present)]
     path = out / "cells.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
