@@ -21,18 +21,11 @@ from __future__ import annotations
 import argparse
 import copy
 
-import torch
-
 from agentropy.training.config import load_config
 from agentropy.training.model_setup import build_backend, load_policy
-from agentropy.training.policy_update import UpdateState, iteration_update, recompute_old
+from agentropy.training.policy_update import recompute_old
 from agentropy.training.step_samples import gather_samples
-from agentropy.training.trainer import (
-    _make_accelerator,
-    collect_training_episodes,
-    seed_everything,
-    train_tasks,
-)
+from agentropy.training.trainer import collect_training_episodes, seed_everything, train_tasks, update_from
 
 
 def parse_arm(text: str) -> tuple[str, str, list[str]]:
@@ -80,13 +73,7 @@ def main() -> None:
           "| iteration 1 entropy |")
     print("|---|---|---|---|---|---|---|")
     for name, arm_cfg in arms.items():
-        policy.load_state_dict(start)
-        accelerator = _make_accelerator(arm_cfg)
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=arm_cfg.train.lr,
-                                      weight_decay=arm_cfg.train.weight_decay)
-        model, optimizer = accelerator.prepare(policy, optimizer)
-        metrics = iteration_update(model, policy, optimizer, accelerator, tokenizer, batch_trajectories, arm_cfg, 0,
-                                   UpdateState.create(arm_cfg))
+        metrics = update_from(start, policy, tokenizer, batch_trajectories, arm_cfg)
         after = recompute_old(policy, samples.batch, arm_cfg.train.micro_batch_size, temperature, device)
         change = (before.logprobs - after.logprobs)[mask]
         backend.sync_weights(policy)
@@ -94,7 +81,6 @@ def main() -> None:
         print(f"| {name} | {metrics['loss']:.5f} | {metrics['grad_norm']:.4f} | {float(change.mean()):.4f} | "
               f"{float(change.abs().max()):.2f} | {success(following):.3f} | {mean_entropy(following):.3f} |",
               flush=True)
-        accelerator.free_memory()
 
 
 if __name__ == "__main__":

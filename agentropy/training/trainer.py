@@ -81,6 +81,24 @@ def _make_accelerator(cfg: Config) -> Any:
     return Accelerator(cpu=device.type == "cpu")
 
 
+def update_from(start_state: dict[str, Any], policy: torch.nn.Module, tokenizer: Any,
+                trajectories: list[Trajectory], cfg: Config, iteration: int = 0) -> dict[str, float]:
+    """One RL update of ``trajectories`` from the weights ``start_state``, with a fresh optimizer
+    and update state, as the trainer's first update does; returns its metrics.
+
+    For diagnostics that compare several updates of one batch (arms, micro-batch orders): each
+    call starts from the same weights, so the updates differ only by ``cfg``."""
+    policy.load_state_dict(start_state)
+    accelerator = _make_accelerator(cfg)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model, optimizer = accelerator.prepare(policy, optimizer)
+    try:
+        return iteration_update(model, policy, optimizer, accelerator, tokenizer, trajectories, cfg, iteration,
+                                UpdateState.create(cfg))
+    finally:
+        accelerator.free_memory()
+
+
 def train(cfg: Config, resume: bool = False) -> TrainResult:
     """Run SFT warm start (unless resuming) then RL; returns held-out success before/after.
 
