@@ -208,7 +208,11 @@ def _task_level_success(records_by_arm: dict[str, dict[int, list[dict[str, Any]]
         return []
     return ["", "Held-out success task by task (units = seed x task pairs, McNemar; CI: Newcombe paired):", "",
             f"| arm | arm success | {baseline} success | difference | 95 % CI | only arm / only {baseline} | p | units |",
-            "|---|---|---|---|---|---|---|---|", *lines]
+            "|---|---|---|---|---|---|---|---|", *lines, "",
+            "The units of one seed share that seed's training run, so this test holds the runs fixed: it says "
+            "whether these runs' policies differ on these tasks, not whether runs with other seeds would. For "
+            "that, read the 'held-out success (final)' row of the paired-seed table above (n = seeds); a "
+            "difference that one seed's run drives shows there as a wide interval."]
 
 
 def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: str | None = None) -> Path:

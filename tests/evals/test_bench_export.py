@@ -66,3 +66,18 @@ def test_export_with_nothing_finished_says_where_it_looked(tmp_path):
     shutil.rmtree(tmp_path / "runs")
     with pytest.raises(UsageError, match="no finished cell"):
         export_bench(config, tmp_path / "docs")
+
+
+def test_task_level_table_pools_seeds_and_says_it_holds_the_runs_fixed():
+    from agentropy.evals.report import _task_level_success
+
+    def runs(outcomes_by_seed):
+        return {seed: [{"phase": "eval", "iteration": 5, "success_by_task": o}] for seed, o in outcomes_by_seed.items()}
+
+    grpo = runs({0: [1, 1, 0, 0], 1: [1, 0, 0, 0]})
+    arm = runs({0: [1, 0, 1, 1], 1: [1, 1, 1, 0]})  # seed 0: only arm 2, only grpo 1; seed 1: only arm 2
+    lines = _task_level_success({"grpo": grpo, "arm": arm}, "grpo")
+    # 8 units: arm 6/8, grpo 3/8; 4 discordant for the arm, 1 for grpo: exact binomial p = 0.375
+    row = next(line for line in lines if line.startswith("| arm | 0"))  # not the header
+    assert row.startswith("| arm | 0.750 | 0.375 | +0.375 |") and "| 4 / 1 | 0.375 (exact binomial) | 8 |" in row
+    assert any("holds the runs fixed" in line for line in lines)
