@@ -80,7 +80,7 @@ def provenance(device: str | None = None) -> dict[str, Any]:
     code_dir = Path(__file__).resolve().parent
     return {
         "code": _git_commit(code_dir),
-        "packages": {name: _package_version(name) for name in PACKAGES if _package_version(name)},
+        "packages": {name: version for name in PACKAGES if (version := _package_version(name))},
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),

@@ -68,6 +68,15 @@ def check_fresh_start(run_dir: Path, overwrite: bool) -> None:
     shutil.rmtree(run_dir)
 
 
+def _run_file(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` as a dict (empty when missing or unreadable: folders from before identities)."""
+    try:
+        record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def start_run(run_dir: Path, device: str | None = None) -> str:
     """Give a fresh run its identity and record what makes it (both in ``run.json``); return the id."""
     run_id = uuid.uuid4().hex
@@ -81,15 +90,13 @@ def record_resume(run_dir: Path, device: str | None = None) -> list[str]:
     """Append this process's provenance to ``run.json``'s ``resumed`` list; warn, and return the
     differences, when a fact that changes the floats differs from the run's start (a resumed run
     continues exactly only on the same kind of machine, kernels and thread count)."""
-    path = run_dir / RUN_FILE
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    record = _run_file(run_dir)
+    if not record:
         return []
     current = prov.provenance(device)
     diffs = prov.numerics_mismatch(record.get("provenance"), current)
     record.setdefault("resumed", []).append(current)
-    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    (run_dir / RUN_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
     if diffs:
         warnings.warn(f"{run_dir}: resumed on another kind of machine than it started on ("
                       + "; ".join(diffs) + "): it will not continue bit for bit", RuntimeWarning, stacklevel=2)
@@ -98,18 +105,12 @@ def record_resume(run_dir: Path, device: str | None = None) -> list[str]:
 
 def run_provenance(run_dir: Path) -> dict[str, Any] | None:
     """The provenance recorded when the run in ``run_dir`` started (None before records existed)."""
-    try:
-        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("provenance")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _run_file(run_dir).get("provenance")
 
 
 def run_identity(run_dir: Path) -> str | None:
     """The identity of the run in ``run_dir`` (``None`` for folders written before identities)."""
-    try:
-        return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8")).get("run_id")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _run_file(run_dir).get("run_id")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
