@@ -6,7 +6,8 @@ from one shared SFT'd start (the sizes and overrides of ``test_strategies_e2e.py
 run it keeps every ``metrics.jsonl`` row minus its timing fields, a SHA-256 of the final
 weights (state-dict tensors in sorted key order) and a few exact weight values.
 
-``python -m tests.training.behaviour OUT.json`` records; ``test_behaviour.py`` re-runs and
+``python tests/training/behaviour.py OUT.json [--names a,b] [--raw]`` records (all strategies
+unless named; run it with ``ATEN_CPU_CAPABILITY=avx2`` on an AVX-512 CPU); ``test_behaviour.py`` re-runs and
 compares against ``behaviour_fixture.json``: a refactor that moves code must not change a bit.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ import torch
 
 STRATEGIES = Path(__file__).resolve().parents[2] / "configs" / "strategies"
 FIXTURE = Path(__file__).resolve().parent / "behaviour_fixture.json"
+# torch's CPU kernels on the machine that recorded FIXTURE (torch.backends.cpu.get_cpu_capability()).
+FIXTURE_CPU_CAPABILITY = "AVX2"
 TOP_RUNG = "ladder/l7_aepo_rollout"
 
 COMMON = [
@@ -112,7 +114,12 @@ def record(names: list[str] | None = None, keep_raw: bool = False) -> dict[str, 
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    out = Path(args[0]) if args else FIXTURE
-    keep_raw = "--raw" in sys.argv
-    out.write_text(json.dumps(record(keep_raw=keep_raw), indent=1, sort_keys=True) + "\n")
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Record fixed-seed runs of the shipped strategy configs.")
+    parser.add_argument("out", nargs="?", type=Path, default=FIXTURE)
+    parser.add_argument("--names", default="", help="comma-separated strategy names (default: all)")
+    parser.add_argument("--raw", action="store_true", help="keep the raw metrics rows, timings included")
+    args = parser.parse_args()
+    names = [n for n in args.names.split(",") if n] or None
+    args.out.write_text(json.dumps(record(names, keep_raw=args.raw), indent=1, sort_keys=True) + "\n")
