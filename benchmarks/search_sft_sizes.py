@@ -1,7 +1,7 @@
 """Where does SFT on Search-v0 start copying? Held-out success and copy rates vs SFT steps.
 
-Runs the config's SFT once (same demonstrations, batch size, learning rate and loss as
-``agentropy train``, one pass in a fixed shuffled order) and, every ``--every`` optimizer
+Runs the config's SFT once (``agentropy train``'s own SFT loop: same demonstrations, order,
+batch size, learning-rate schedule and loss) and, every ``--every`` optimizer
 steps, evaluates the policy greedily on the first ``--episodes`` fixed held-out tasks with the
 copy checks of :mod:`search_copy`. A tiny from-scratch model emits well-formed tool calls long
 before it can copy an unseen name, so success sits at 0 and then jumps; this finds the SFT
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from agentropy.envs.search.env import SearchEnv  # noqa: E402
 from agentropy.training.config import load_config  # noqa: E402
 from agentropy.training.evaluation import evaluate_policy  # noqa: E402
 from agentropy.training.model_setup import build_backend, load_policy  # noqa: E402
-from agentropy.training.sft import _pad_batch, collect_demonstrations, sft_loss  # noqa: E402
+from agentropy.training.sft import collect_demonstrations, lr_factor, train_sft  # noqa: E402
 
 
 def copy_report(model: torch.nn.Module, tokenizer: object, cfg: object, env: SearchEnv) -> dict[str, float]:
@@ -56,30 +55,25 @@ def main() -> None:
     model, tokenizer = load_policy(cfg.model, env_id=cfg.env.id)
     started = time.time()
     pairs, _ = collect_demonstrations(cfg.env.id, cfg.env.kwargs, tokenizer, cfg.prompt, cfg.sft, cfg.env.train_split)
-    order = list(range(len(pairs)))
-    random.Random(cfg.sft.seed).shuffle(order)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay)
+    steps_per_epoch = (len(pairs) + cfg.sft.batch_size - 1) // cfg.sft.batch_size
+    total_steps = cfg.sft.epochs * steps_per_epoch
     env = SearchEnv(**cfg.env.kwargs)
-    model.train()
     losses: list[float] = []
+
+    def evaluate_every(step: int, loss: float) -> None:
+        losses.append(loss)
+        if step % args.every and step < total_steps:
+            return
+        report = copy_report(model, tokenizer, cfg, env)
+        recent = losses[-args.every:]
+        seen = step * cfg.sft.batch_size
+        episodes = round(min(seen, cfg.sft.epochs * len(pairs)) * cfg.sft.episodes / len(pairs))
+        print(json.dumps({"sft_steps": step, "demo_episodes": episodes, "lr": round(cfg.sft.lr * lr_factor(
+            step - 1, total_steps, cfg.sft), 6), "loss": round(sum(recent) / len(recent), 3), **report,
+            "wall_s": round(time.time() - started)}), flush=True)
+
     try:
-        for step, first in enumerate(range(0, len(order), cfg.sft.batch_size), 1):
-            batch = [pairs[i] for i in order[first : first + cfg.sft.batch_size]]
-            loss = sft_loss(model, *_pad_batch(batch, pad, next(model.parameters()).device),
-                            cfg.sft.prompt_loss_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-            if step % args.every == 0 or first + cfg.sft.batch_size >= len(order):
-                report = copy_report(model, tokenizer, cfg, env)
-                recent = losses[-args.every:]
-                episodes = round(min(step * cfg.sft.batch_size, len(pairs)) * cfg.sft.episodes / len(pairs))
-                print(json.dumps({"sft_steps": step, "demo_episodes": episodes,
-                                  "loss": round(sum(recent) / len(recent), 3), **report,
-                                  "wall_s": round(time.time() - started)}), flush=True)
+        train_sft(model, tokenizer, pairs, cfg.sft, on_step=evaluate_every)
     finally:
         env.close()
     if args.save:

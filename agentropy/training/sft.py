@@ -11,10 +11,12 @@ Each turn becomes one sample exactly as in RL: the rendered prompt, then the rep
 from __future__ import annotations
 
 import json
+import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -31,7 +33,9 @@ class SFTConfig:
     enabled: bool = True  # run SFT before RL (skipped on resume)
     episodes: int = 200  # expert episodes collected from the train split
     epochs: int = 2  # passes over the collected turns
-    lr: float = 1e-3  # AdamW learning rate for SFT
+    lr: float = 1e-3  # AdamW learning rate for SFT (the peak, with a schedule)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 0 over all SFT steps after the warm-up
+    warmup_steps: int = 0  # linear LR warm-up over this many optimizer steps
     batch_size: int = 32  # turns per optimizer step
     action_noise: float = 0.1  # probability of executing a random admissible action instead of the expert's
     max_turns: int = 50  # cap on demonstration length
@@ -42,7 +46,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         check_bounds(self, {
             "episodes": at_least(1), "epochs": at_least(1), "lr": above(0), "batch_size": at_least(1),
-            "action_noise": between(0, 1), "max_turns": at_least(1), "seed": between(0, 2**31 - 1),
+            "warmup_steps": at_least(0), "action_noise": between(0, 1), "max_turns": at_least(1), "seed": between(0, 2**31 - 1),
             "weight_decay": at_least(0), "prompt_loss_weight": at_least(0),
         })
 
@@ -144,6 +148,22 @@ def _dump_sft_batch(folder: Path, step: int, batch: list[tuple[list[int], list[i
     return path
 
 
+def lr_factor(step: int, total_steps: int, cfg: SFTConfig) -> float:
+    """Multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps, then
+    constant or a half cosine from 1 down to 0 at the last step. A decay lets a from-scratch
+    model settle at the end of SFT on the sharp, exact behaviour (copying a name it has not
+    seen) that large constant steps keep perturbing."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(total_steps - cfg.warmup_steps - 1, 1)
+    progress = min((step - cfg.warmup_steps) / span, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train_sft(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -152,11 +172,14 @@ def train_sft(
     accelerator: Any = None,
     progress: Any = None,
     dump_dir: str | Path | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """Fit ``model`` to the demonstration pairs; returns the final mean loss and step count.
 
     A non-finite loss or gradient norm stops SFT *before* that step changes the weights, with a
-    :class:`NonFiniteError` naming the step (and, with ``dump_dir``, the file holding the batch)."""
+    :class:`NonFiniteError` naming the step (and, with ``dump_dir``, the file holding the batch).
+    ``on_step(steps_done, loss)`` runs after every optimizer step (a benchmark evaluates the
+    weights there; it must leave the model in train mode)."""
     if not pairs:
         raise ValueError("SFT got no demonstrations: does the env report info['expert_action']?")
     device = next(model.parameters()).device
@@ -165,13 +188,18 @@ def train_sft(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.train()
     steps_per_epoch = (len(pairs) + cfg.batch_size - 1) // cfg.batch_size
-    task = progress.add_task("SFT", total=cfg.epochs * steps_per_epoch) if progress is not None else None
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0
+    task = progress.add_task("SFT", total=total_steps) if progress is not None else None
     losses: list[float] = []
     for _ in range(cfg.epochs):
         order = list(range(len(pairs)))
         rng.shuffle(order)
         for start in range(0, len(order), cfg.batch_size):
             batch = [pairs[i] for i in order[start : start + cfg.batch_size]]
+            if scheduled:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(len(losses), total_steps, cfg)
             loss = sft_loss(model, *_pad_batch(batch, pad_id, device), cfg.prompt_loss_weight)
             optimizer.zero_grad(set_to_none=True)
             try:
@@ -191,6 +219,8 @@ def train_sft(
             losses.append(loss.item())
             if task is not None:
                 progress.update(task, advance=1, description=f"SFT loss {loss.item():.3f}")
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
     model.eval()
     tail = losses[-steps_per_epoch:]
     return {"sft/loss": sum(tail) / len(tail), "sft/steps": float(len(losses))}
