@@ -154,7 +154,7 @@ class TrainConfig:
     ppo_epochs: int = 1  # passes over each iteration's samples
     mini_batches: int = 2  # optimizer steps per epoch (same count on every process)
     micro_batch_size: int = 16  # samples per forward pass (gradient accumulation inside a mini-batch)
-    micro_batch_order: Literal["shuffled", "by_length"] = "shuffled"  # by_length: rows of similar length share a forward pass (less padding; same summed gradient up to float order, but per-micro-batch statistics such as Clip-Cov's change)
+    micro_batch_order: Literal["shuffled", "by_length", "grouped"] = "shuffled"  # by_length: rows of similar length share a forward pass (less padding; same summed gradient up to float order, but per-micro-batch statistics such as Clip-Cov's change); grouped: by_length with identical samples side by side, each distinct one forwarded once
     max_grad_norm: float = 1.0  # gradient clipping
     checkpoint_every: int = 1  # iterations between checkpoints (0 = only at the end)
     keep_checkpoints: int = 1  # newest resumable checkpoints kept (each holds weights + AdamW state: ~12 B/param in fp32)

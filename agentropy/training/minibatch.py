@@ -16,16 +16,24 @@ def mini_batches(n: int, count: int, generator: torch.Generator) -> list[list[in
     return [order[i::count] for i in range(count)]
 
 
-def micro_batches(rows: list[int], size: int, lengths: torch.Tensor | None = None) -> list[list[int]]:
+def micro_batches(rows: list[int], size: int, lengths: torch.Tensor | None = None,
+                  contents: list[bytes] | None = None) -> list[list[int]]:
     """Split a mini-batch's ``rows`` into forward passes of at most ``size`` rows.
 
     Without ``lengths``, in the mini-batch's own (random) order. With ``lengths`` (each row's
     token count, prompt and reply), rows are first sorted by it, so that each pass is padded
-    only to the widest of rows of similar length. The micro-batch weights make the summed loss
-    that of the mini-batch either way, so the gradient is the same up to floating-point order;
-    what changes is anything a method computes per micro-batch (Clip-Cov's covariance ranking,
-    AEPO's ``z_scope: batch``)."""
-    order = list(rows) if lengths is None else sorted(rows, key=lambda i: (int(lengths[i]), i))
+    only to the widest of rows of similar length. With ``contents`` as well (one key per row,
+    equal exactly for identical samples), rows of one length are then ordered by content, so
+    identical samples sit next to each other and can share one forward pass (``grouped``). The
+    micro-batch weights make the summed loss that of the mini-batch either way, so the gradient
+    is the same up to floating-point order; what changes is anything a method computes per
+    micro-batch (Clip-Cov's covariance ranking, AEPO's ``z_scope: batch``)."""
+    if lengths is None:
+        order = list(rows)
+    elif contents is None:
+        order = sorted(rows, key=lambda i: (int(lengths[i]), i))
+    else:
+        order = sorted(rows, key=lambda i: (int(lengths[i]), contents[i], i))
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 

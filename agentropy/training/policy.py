@@ -113,3 +113,39 @@ def reply_logprobs_and_entropy(
     if return_logits:
         return logprobs, entropy, logits
     return logprobs, entropy
+
+
+def _row_keys_tensor(batch: PackedBatch) -> torch.Tensor:
+    return torch.cat([batch.input_ids, batch.attention_mask, batch.response_mask.to(batch.input_ids.dtype)], dim=1)
+
+
+def row_keys(batch: PackedBatch) -> list[bytes]:
+    """One key per row, equal exactly when two rows are the same sample (prompt, reply and the
+    boundary between them): what ``train.micro_batch_order: grouped`` sorts identical rows by."""
+    keys = _row_keys_tensor(batch).cpu().numpy()
+    return [row.tobytes() for row in keys]
+
+
+def distinct_reply_logprobs_and_entropy(
+    model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0, return_logits: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """:func:`reply_logprobs_and_entropy`, running the model once per *distinct* row.
+
+    Late in RL a policy repeats itself: in a Household positive-control run, 11 % of an
+    iteration's (prompt, reply) rows repeat another row at iteration 0 and about half at
+    iteration 59. Identical rows have identical log-probs and entropies, so each distinct row is
+    forwarded once and its outputs are copied to its duplicates; indexing is differentiable,
+    so the backward pass sums the duplicates' gradients into the shared forward: the same
+    gradient as separate passes up to floating-point order. Rows are compared on their token
+    ids, attention and reply masks (equal rows, equal trimmed widths, equal output shapes)."""
+    keys = _row_keys_tensor(batch)
+    distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    n = keys.shape[0]
+    if distinct.shape[0] == n:
+        return reply_logprobs_and_entropy(model, batch, temperature, return_logits)
+    first = torch.full((distinct.shape[0],), n, dtype=torch.long, device=keys.device).scatter_reduce(
+        0, inverse, torch.arange(n, device=keys.device), reduce="amin")
+    out = reply_logprobs_and_entropy(model, batch.select(first.cpu()), temperature, return_logits)
+    if out[0].shape[1] != batch.reply_width:
+        raise AssertionError(f"distinct rows trimmed to reply width {out[0].shape[1]}, batch has {batch.reply_width}")
+    return tuple(t[inverse] for t in out)

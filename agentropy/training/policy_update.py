@@ -36,7 +36,12 @@ from agentropy.nonfinite import NonFiniteError, require_finite
 from agentropy.training import methods
 from agentropy.training.entropy import EntropyHistory
 from agentropy.training.minibatch import guarded_step, micro_batches, micro_weight, mini_batches, take
-from agentropy.training.policy import PackedBatch, reply_logprobs_and_entropy
+from agentropy.training.policy import (
+    PackedBatch,
+    distinct_reply_logprobs_and_entropy,
+    reply_logprobs_and_entropy,
+    row_keys,
+)
 from agentropy.training.snapshot import TrainingSnapshot
 from agentropy.training.step_samples import StepSamples, gather_samples
 from agentropy.training.trajectory import Trajectory
@@ -255,7 +260,10 @@ def iteration_update(
     agg = cfg.strategy.policy_loss.agg
     needs_logits = any(m.needs_logits for m in active)
     steps, step = train.ppo_epochs * max(1, train.mini_batches), 0
-    row_lengths = samples.batch.attention_mask.sum(1) if train.micro_batch_order == "by_length" else None
+    sorted_rows = train.micro_batch_order in ("by_length", "grouped")
+    row_lengths = samples.batch.attention_mask.sum(1) if sorted_rows else None
+    row_contents = row_keys(samples.batch) if train.micro_batch_order == "grouped" else None
+    forward = distinct_reply_logprobs_and_entropy if train.micro_batch_order == "grouped" else reply_logprobs_and_entropy
     for _epoch in range(train.ppo_epochs):
         for rows in mini_batches(n, train.mini_batches, ctx.generator):
             step += 1
@@ -264,7 +272,7 @@ def iteration_update(
                 continue
             total_tokens = float(mask[rows].sum().clamp(min=1.0))
             mini = MiniBatch(
-                rows, micro_batches(rows, train.micro_batch_size, row_lengths),
+                rows, micro_batches(rows, train.micro_batch_size, row_lengths, row_contents),
                 total_tokens, float(stat_mask[rows].sum().clamp(min=1.0)),
                 float((mask[rows] * ctx.keep[rows]).sum().clamp(min=1.0)) if ctx.keep is not None else total_tokens)
             for start in hooks("mini_batch_start"):
@@ -273,7 +281,7 @@ def iteration_update(
             for idx in mini.micro_batches:
                 sub = samples.batch.select(idx).to(device)
                 width = sub.reply_width
-                out = reply_logprobs_and_entropy(model, sub, temperature, return_logits=needs_logits)
+                out = forward(model, sub, temperature, return_logits=needs_logits)
                 m_stat = stat_mask[idx, :width].to(device)
                 mb = MicroBatch(idx, width, out[0], out[1], out[2] if needs_logits else None,
                                 sub.response_mask.float(), ctx.old.logprobs[idx, :width].to(device),

@@ -29,3 +29,11 @@ def test_every_row_is_in_exactly_one_pass():
         groups = micro_batches(rows, 4, given)
         assert sorted(i for g in groups for i in g) == sorted(rows)
         assert [len(g) for g in groups] == [4] * 7 + [1]
+
+
+def test_grouped_puts_identical_rows_side_by_side_within_a_length():
+    lengths = torch.tensor([50, 50, 50, 50, 60, 60])
+    contents = [b"b", b"a", b"b", b"a", b"c", b"c"]
+    # length 50: a (rows 1, 3) before b (rows 0, 2); then length 60
+    assert micro_batches([0, 1, 2, 3, 4, 5], 2, lengths, contents) == [[1, 3], [0, 2], [4, 5]]
+    assert micro_batches([2, 0, 4], 2, lengths, contents) == [[0, 2], [4]]

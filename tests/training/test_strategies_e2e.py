@@ -244,16 +244,18 @@ def test_resume_restores_the_arbepo_controller_and_the_siren_anchor(start_model)
 
 
 def test_length_sorted_micro_batches_give_the_same_update_as_shuffled_ones(start_model):
-    """``train.micro_batch_order=by_length`` regroups rows into forward passes by length; the
-    micro-batch weights keep the summed loss that of the mini-batch, so GRPO's loss and gradient
-    norm agree with the shuffled order up to float rounding."""
+    """``train.micro_batch_order=by_length`` regroups rows into forward passes by length, and
+    ``grouped`` also forwards identical rows once; the micro-batch weights keep the summed loss
+    that of the mini-batch, so GRPO's loss and gradient norm agree with the shuffled order up to
+    float rounding."""
     torch.set_num_threads(1)
     records = []
-    for order in ("shuffled", "by_length"):
+    for order in ("shuffled", "by_length", "grouped"):
         run = _run(start_model, "grpo", ["train.iterations=1", "train.micro_batch_size=3",
                                          f"train.micro_batch_order={order}"], run_name=f"order_{order}")
         records.append(next(r for r in read_metrics(run) if r["phase"] == "train"))
-    shuffled, by_length = records
-    assert by_length["samples"] == shuffled["samples"]
-    for key in ("loss", "grad_norm"):
-        assert by_length[key] == pytest.approx(shuffled[key], rel=1e-5, abs=1e-7), key
+    shuffled = records[0]
+    for other in records[1:]:
+        assert other["samples"] == shuffled["samples"]
+        for key in ("loss", "grad_norm"):
+            assert other[key] == pytest.approx(shuffled[key], rel=1e-5, abs=1e-7), key
