@@ -89,6 +89,19 @@ class TinyModelConfig:
     """Episodes collected per env for the tokenizer corpus, half expert and half random."""
     max_episode_steps: int = 50
     """Step cap of each corpus episode."""
+    copy_warmup_steps: int = 0
+    """Optimizer steps of the synthetic copy task run on the fresh model before it is saved
+    (:mod:`agentropy.agents.copy_warmup`): 0 = none, a random init as before. Tool-use envs
+    whose held-out tasks need unseen names copied (Search-v0) want ~2,000."""
+
+
+def config_key(cfg: TinyModelConfig) -> dict[str, Any]:
+    """``cfg`` as the data that identifies a build: every field, except a copy warm-up that is
+    off, so that builds made before the warm-up existed keep their cache folder and manifest."""
+    data = asdict(cfg)
+    if not cfg.copy_warmup_steps:
+        del data["copy_warmup_steps"]
+    return data
 
 
 def _pick_action(info: dict[str, Any], rng: random.Random, expert: bool) -> str:
@@ -316,6 +329,18 @@ def build_model(tokenizer: Any, cfg: TinyModelConfig = TinyModelConfig(), seed: 
     return model.eval()
 
 
+def _copy_warmup(model: Any, tokenizer: Any, cfg: TinyModelConfig, seed: int, progress: bool) -> Any:
+    """Run ``cfg.copy_warmup_steps`` of the copy task on the fresh model (none: ``None``)."""
+    if not cfg.copy_warmup_steps:
+        return None
+    from agentropy.agents.copy_warmup import CopyWarmupConfig, copy_warmup
+
+    with _progress(progress, "copy warm-up", cfg.copy_warmup_steps) as advance:
+        result = copy_warmup(model, tokenizer, CopyWarmupConfig(steps=cfg.copy_warmup_steps), seed=seed,
+                             on_step=lambda step, loss: advance())
+    return result
+
+
 def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((out_dir / MANIFEST).read_text())
@@ -324,7 +349,7 @@ def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _request(env_ids: Sequence[str], seed: int, cfg: TinyModelConfig) -> dict[str, Any]:
-    return {"format": MANIFEST_FORMAT, "env_ids": list(env_ids), "seed": seed, "config": asdict(cfg)}
+    return {"format": MANIFEST_FORMAT, "env_ids": list(env_ids), "seed": seed, "config": config_key(cfg)}
 
 
 def is_built(
@@ -369,6 +394,7 @@ def build_tiny_model(
     texts, tags = corpus.texts, tool_call_tags(corpus.actions)
     tokenizer = train_tokenizer(texts + CHAT_TEMPLATE_TEXTS, cfg.vocab_size, atomic_tokens=tags)
     model = build_model(tokenizer, cfg, seed)
+    warmup = _copy_warmup(model, tokenizer, cfg, seed, progress)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -383,6 +409,7 @@ def build_tiny_model(
             "vocab_size": len(tokenizer),
             "n_params": sum(p.numel() for p in model.parameters()),
             "build_seconds": round(time.perf_counter() - start, 2),
+            **({"copy_warmup": asdict(warmup)} if warmup is not None else {}),
         }
         (tmp / MANIFEST).write_text(json.dumps({**request, **stats}, indent=2))
         if not force and is_built(out, env_ids, seed, cfg):

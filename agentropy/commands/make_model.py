@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target vocabulary size (default: %(default)s)")
     parser.add_argument("--hidden-size", type=int, default=defaults.hidden_size, help="default: %(default)s")
     parser.add_argument("--layers", type=int, default=defaults.num_hidden_layers, help="default: %(default)s")
+    parser.add_argument("--copy-warmup-steps", type=int, default=defaults.copy_warmup_steps,
+                        help="steps of the synthetic copy task before saving (0 = none; default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if OUT_DIR holds the same build")
 
 
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         hidden_size=args.hidden_size,
         num_hidden_layers=args.layers,
+        copy_warmup_steps=args.copy_warmup_steps,
     )
     console = Console()
     reused = not args.force and is_built(args.out_dir, args.envs, args.seed, cfg)
@@ -55,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
         f"{'reused' if reused else 'built'} {path}: vocab {manifest['vocab_size']}, "
         f"{manifest['n_params'] / 1e6:.2f}M parameters, envs {', '.join(manifest['env_ids'])}"
         + ("" if reused else f", {manifest['build_seconds']} s")
+        + (f", copy accuracy {manifest['copy_warmup']['copy_accuracy']:.3f} after the warm-up"
+           if "copy_warmup" in manifest else "")
     )
     return 0

@@ -67,6 +67,7 @@ TINY_BOUNDS: dict[str, Bound] = {
     "tiny.max_position_embeddings": at_least(16),
     "tiny.episodes_per_env": at_least(1),
     "tiny.max_episode_steps": at_least(1),
+    "tiny.copy_warmup_steps": at_least(0),
 }
 
 

@@ -36,13 +36,12 @@ def tiny_model_folder(cfg: Any, env_id: str) -> Path:
 
     The key is a hash of the seed and sizes, plus the tokenizer's env ids when they are not the
     default set (Household): Household's folder, and so its cached model, stays where it was."""
-    import dataclasses
     import hashlib
     import json
 
-    from agentropy.agents.tiny import DEFAULT_ENV_IDS
+    from agentropy.agents.tiny import DEFAULT_ENV_IDS, config_key
 
-    key_data: dict[str, Any] = {"seed": cfg.tiny_seed, **dataclasses.asdict(cfg.tiny)}
+    key_data: dict[str, Any] = {"seed": cfg.tiny_seed, **config_key(cfg.tiny)}
     env_ids = tokenizer_env_ids(cfg, env_id)
     if env_ids != DEFAULT_ENV_IDS:
         key_data["env_ids"] = list(env_ids)
