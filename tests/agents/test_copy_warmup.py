@@ -10,7 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from agentropy.agents.copy_warmup import CopyWarmupConfig, copy_accuracy, copy_batch, copy_warmup, ordinary_token_ids
+from agentropy.agents.copy_warmup import (
+    CopyWarmupConfig,
+    copy_accuracy,
+    copy_batch,
+    copy_warmup,
+    ordinary_token_ids,
+)
 from agentropy.agents.tiny import (
     MANIFEST,
     TinyModelConfig,
@@ -49,7 +55,7 @@ def test_copy_rows_repeat_a_context_span_and_label_only_its_predictable_tokens()
     for _ in range(5):
         input_ids, labels = copy_batch(tokens, cfg, rng)
         assert input_ids.shape == labels.shape and input_ids.shape[0] == 16
-        for row, label in zip(input_ids.tolist(), labels.tolist()):
+        for row, label in zip(input_ids.tolist(), labels.tolist(), strict=True):
             labelled = [i for i, v in enumerate(label) if v != -100]
             assert labelled == list(range(labelled[0], labelled[-1] + 1))  # one contiguous run
             assert [row[i] for i in labelled] == [label[i] for i in labelled]
