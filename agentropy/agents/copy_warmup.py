@@ -132,6 +132,8 @@ def copy_warmup(
         raise ValueError("copy warm-up needs 1 <= min_context <= max_context")
     if not 2 <= cfg.min_span <= cfg.max_span:
         raise ValueError("copy warm-up needs 2 <= min_span <= max_span (a 1-token span has nothing to copy)")
+    if cfg.min_span > cfg.min_context:
+        raise ValueError("copy warm-up needs min_span <= min_context (a span is copied from the context)")
     token_ids = ordinary_token_ids(tokenizer)
     rng = random.Random(seed)
     started = time.perf_counter()

@@ -111,6 +111,7 @@ def test_copy_accuracy_counts_the_labelled_span_tokens(tokenizer):
     ("steps", -1, "steps must be >= 0"),
     ("min_context", 0, "min_context"),
     ("min_span", 1, "1-token span"),
+    ("min_context", 3, "min_span <= min_context"),
 ])
 def test_bad_warmup_config_is_refused(tokenizer, field, value, match):
     model = build_model(tokenizer, SMALL, seed=0)
