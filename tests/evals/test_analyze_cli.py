@@ -285,3 +285,30 @@ def test_top_k_entropies_get_a_footnote_that_survives_the_aggregates(analyzed, t
     assert note in (tmp_path / "o" / "dynamics.md").read_text()
     assert main(["analyze", str(tmp_path / "o" / "aggregates"), "--out", str(tmp_path / "o2"), "--no-progress"]) == 0
     assert note in (tmp_path / "o2" / "dynamics.md").read_text()
+
+
+def test_seeds_of_one_config_keep_separate_aggregates(tmp_path):
+    """Seeds run as `agentropy train CONFIG run.seed=k run.root=<k>` share the run folder's name;
+    each keeps its own aggregates folder, so the regenerated report still has every seed."""
+    runs = [tmp_path / f"root{seed}" / "search" for seed in (0, 1)]
+    for seed, run in enumerate(runs):
+        write_run(run, "grpo", seed, 4)
+    out = tmp_path / "out"
+    assert main(["analyze", *map(str, runs), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "aggregates").iterdir()) == ["search__s0", "search__s1"]
+    again = tmp_path / "again"
+    assert main(["analyze", str(out / "aggregates"), "--out", str(again), "--no-progress"]) == 0
+    first, second = (json.loads((d / "dynamics.json").read_text()) for d in (out, again))
+    assert len(second["strategies"]["grpo"]["runs"]) == 2
+    assert second["claims"] == first["claims"]
+
+
+def test_aggregate_folder_names_are_distinct():
+    from agentropy.evals.dynamics.aggregates import aggregate_folder_names
+    from agentropy.evals.dynamics.records import RunData
+
+    def run(path: str, seed: int) -> RunData:
+        return RunData(Path(path), "grpo", ENV_ID, seed, [], {}, {})
+
+    names = aggregate_folder_names([run("a/x", 0), run("b/x", 1), run("c/y", 0), run("d/z", 2), run("e/z", 2)])
+    assert names == ["x__s0", "x__s1", "y", "z__s2__1", "z__s2__2"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +67,27 @@ def _iteration(d: dict[str, Any]) -> IterationStats:
     )
 
 
+def aggregate_folder_names(runs: list[RunData]) -> list[str]:
+    """One distinct folder name per run: the run folder's name, with ``__s<seed>`` added when
+    several runs share it (seeds of one config, each in its own ``run.root``), and then a
+    counter if even that repeats. Without this, runs of the same name overwrite each other."""
+    counts = Counter(run.name for run in runs)
+    names = [run.name if counts[run.name] == 1 else f"{run.name}__s{run.seed}" for run in runs]
+    seen: Counter[str] = Counter()
+    repeated = Counter(names)
+    unique = []
+    for name in names:
+        seen[name] += 1
+        unique.append(name if repeated[name] == 1 else f"{name}__{seen[name]}")
+    return unique
+
+
 def write_aggregates(runs: list[RunData], out_dir: str | Path, n_head: int) -> list[Path]:
-    """``<out_dir>/aggregates/<run name>/aggregates.json`` for every run; returns the files."""
+    """``<out_dir>/aggregates/<name>/aggregates.json`` for every run (names from
+    :func:`aggregate_folder_names`); returns the files."""
     paths = []
-    for run in runs:
-        path = Path(out_dir) / "aggregates" / run.name / AGGREGATES_FILE
+    for run, name in zip(runs, aggregate_folder_names(runs), strict=True):
+        path = Path(out_dir) / "aggregates" / name / AGGREGATES_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(run_to_json(run, n_head), separators=(",", ":")))
         paths.append(path)
