@@ -12,8 +12,8 @@ On synthetic sequences the circuit forms quickly and reliably: a row is a contex
 tokens, a few random filler tokens, then a span copied from a random place in the context;
 the loss is taken on the span's tokens after its first (the first cannot be predicted, every
 later one can, by copying). A 3-layer, 128-wide model on 16-64-token contexts goes from chance
-to near-perfect copying in a sharp step after about 1,400 optimizer steps at batch 32 and
-learning rate 1e-3 (``benchmarks/RESULTS.md``). Only the tokenizer's ordinary tokens are drawn,
+to near-perfect copying in a sharp step after about 1,700 optimizer steps at batch 32 and
+learning rate 1e-3 (``benchmarks/copy_warmup.py``, ``benchmarks/RESULTS.md``). Only the tokenizer's ordinary tokens are drawn,
 so the chat markers and tool tags keep the meaning SFT gives them.
 """
 
