@@ -1,8 +1,9 @@
 """When does the tiny model learn to copy? Copy accuracy vs steps of the synthetic copy warm-up.
 
 Builds the config's tiny model without a warm-up (same tokenizer, sizes and init as
-``agentropy train`` would), then runs :func:`agentropy.agents.copy_warmup.copy_warmup` in
-chunks of ``--every`` steps and measures greedy copy accuracy on fresh rows after each chunk.
+``agentropy train`` would), then runs :func:`agentropy.agents.copy_warmup.copy_warmup` as the
+build does (same seed and data) and, every ``--every`` steps, measures greedy copy accuracy on
+fresh rows.
 Accuracy sits near 0 (loss near log(vocab)) until the induction circuit forms, then jumps to
 ~1 within a few hundred steps; ``model.tiny.copy_warmup_steps`` must be past that step.
 
