@@ -48,7 +48,9 @@ def main() -> None:
         "iteration's entropy is "
         f"{world['uniform_shift']:+g} nats lower at every turn (a drift that does not grow with the turn). The "
         "collapse null (for the echo-trap claims) adds a steady 70 % entropy decline with gradient norms "
-        "independent of it.",
+        "independent of it. The branching null (for branch_entropy) adds 2 AEPO-style branches per group: each "
+        "copies a random trajectory of its group up to a fork turn >= 1 drawn uniformly, whatever the entropy, "
+        "and re-samples the rest.",
         "",
         "## Why the old rules were replaced",
         "",

@@ -44,6 +44,14 @@ COMPARED_METRICS: tuple[Metric, ...] = (
     Metric("entropy_var", "entropy var across steps", "{:.2e}"),
 )
 
+# Compared too when the runs' held-out evaluations report tool use (``tool/...`` keys).
+TOOL_METRICS: tuple[Metric, ...] = (
+    Metric("tool_answer_f1", "answer F1 (final)"),
+    Metric("tool_gold_all_hops", "gold retrieved, all hops (final)"),
+    Metric("tool_calls_per_episode", "tool calls per episode (final)", "{:.2f}"),
+    Metric("tool_malformed_per_episode", "malformed calls per episode (final)", "{:.2f}"),
+)
+
 
 @dataclass(frozen=True)
 class ComparisonRow:

@@ -13,6 +13,7 @@ mean fraction of reply tokens below / above EPO's corridor over the steps (EPO r
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,27 @@ from typing import Any
 import numpy as np
 
 from agentropy.evals import plots
-from agentropy.evals.comparison import compare_to_baseline, render_comparison, rows_as_dicts
-from agentropy.evals.stats import format_mean_sd, mcnemar
+from agentropy.evals.comparison import (
+    COMPARED_METRICS,
+    TOOL_METRICS,
+    compare_to_baseline,
+    render_comparison,
+    rows_as_dicts,
+)
+from agentropy.evals.stats import fmt_p, format_mean_sd, mcnemar, paired_difference
 from agentropy.training.entropy_estimate import estimate_footnote
 from agentropy.training.run_log import read_metrics
 
 COLLAPSE_RATIO = 0.5
+
+# run_summary key -> ``tool/<name>`` key of the final held-out evaluation (tool-using envs only).
+TOOL_SUMMARY_KEYS = {
+    "tool_answer_f1": "answer_f1",
+    "tool_answer_em": "answer_em",
+    "tool_calls_per_episode": "calls_per_episode",
+    "tool_malformed_per_episode": "malformed_per_episode",
+    "tool_gold_all_hops": "gold_all_hops",
+}
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -38,8 +54,14 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     entropies = [r["entropy_mean"] for r in train if isinstance(r.get("entropy_mean"), (int, float))]
 
     def step_mean(key: str) -> float | None:
-        values = [r[key] for r in train if isinstance(r.get(key), (int, float))]
+        values = [r[key] for r in train if _finite(r.get(key))]
         return float(np.mean(values)) if values else None
+
+    final_eval = rl_evals[-1] if rl_evals else {}
+    tool = {key: (float(final_eval[f"tool/{name}"]) if _finite(final_eval.get(f"tool/{name}")) else None)
+            for key, name in TOOL_SUMMARY_KEYS.items()}
+    gaps = [r["aepo/h_tool_mean"] - r["aepo/h_root_mean"] for r in train
+            if _finite(r.get("aepo/h_tool_mean")) and _finite(r.get("aepo/h_root_mean"))]
 
     return {
         "sft_success": sft_eval[0]["success_rate"] if sft_eval else None,
@@ -57,7 +79,17 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         "tokens": float(sum(r.get("train_tokens", 0.0) for r in train)),
         "iterations": len(train),
         "eval_tasks": rl_evals[-1].get("episodes") if rl_evals else None,
+        **tool,
+        "aepo_branches": step_mean("aepo/branch_mean"),
+        "aepo_globals": step_mean("aepo/global_mean"),
+        "aepo_h_root": step_mean("aepo/h_root_mean"),
+        "aepo_h_tool": step_mean("aepo/h_tool_mean"),
+        "aepo_h_tool_minus_root": float(np.mean(gaps)) if gaps else None,
     }
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _pm(values: Sequence[float | None], fmt: str = "{:.3f}") -> str:
@@ -215,6 +247,34 @@ def _task_level_success(records_by_arm: dict[str, dict[int, list[dict[str, Any]]
             "difference that one seed's run drives shows there as a wide interval."]
 
 
+def _aepo_lines(per_seed: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """AEPO's rollout, per arm that ran it: how much it branched, and its premise measured on its
+    own probes: the entropy of replies after a tool response (an observation) against the first
+    reply's, paired within each run (one value per seed: the run's mean over iterations)."""
+    rows = []
+    for arm, runs in per_seed.items():
+        sums = [s for s in runs.values() if s.get("aepo_h_tool_minus_root") is not None]
+        if not sums:
+            continue
+        gap = paired_difference([s["aepo_h_tool"] for s in sums], [s["aepo_h_root"] for s in sums],
+                                "H_tool", "H_root")
+        ci = "n/a" if not math.isfinite(gap.lo) else f"[{gap.lo:+.3f}, {gap.hi:+.3f}]"
+        rows.append(f"| {arm} | {len(sums)} | {_pm([s['aepo_branches'] for s in sums], '{:.2f}')} | "
+                    f"{_pm([s['aepo_globals'] for s in sums], '{:.2f}')} | {_pm([s['aepo_h_root'] for s in sums])} | "
+                    f"{_pm([s['aepo_h_tool'] for s in sums])} | {gap.mean_diff:+.3f} | {ci} | {fmt_p(gap.p)} |")
+    if not rows:
+        return []
+    return ["", "### AEPO's rollout", "",
+            "Per training iteration AEPO probes each task once: H_root is the mean token entropy of the probe's "
+            "first reply, H_tool the mean over its replies to a tool response (an observation), both over the "
+            "first tokens of each reply as AEPO's code does. Tasks whose H_tool is higher get fewer global samples "
+            "and more branches. The difference is paired within each run, one value per seed (the run's mean "
+            "over iterations); mean ± sample SD over seeds.", "",
+            "| arm | seeds | branches per task | global samples per task | H_root | H_tool | H_tool - H_root | "
+            "95 % CI (t) | p (paired t) |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]
+
+
 def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: str | None = None) -> Path:
     """``report.md`` + plots comparing strategies over seeds, per environment.
 
@@ -267,7 +327,8 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: st
                 f"{_pm([s['tokens'] for s in sums], '{:.0f}')} |")
         seeds = sorted({seed for runs in per_seed.values() for seed in runs})
         tasks = sorted({s["eval_tasks"] for sums in per_seed.values() for s in sums.values() if s.get("eval_tasks")})
-        rows = compare_to_baseline(per_seed, base)
+        has_tools = any(s.get("tool_answer_f1") is not None for runs in per_seed.values() for s in runs.values())
+        rows = compare_to_baseline(per_seed, base, COMPARED_METRICS + (TOOL_METRICS if has_tools else ()))
         summary[f"vs_baseline/{env}"] = {"baseline": base, "seeds": seeds, "eval_tasks": tasks,
                                          "rows": rows_as_dicts(rows)}
         note = estimate_footnote(r for runs in all_runs.values() for rec in runs for r in rec)
@@ -275,7 +336,7 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: st
                   f"Seeds: {', '.join(map(str, seeds)) or 'none'}; held-out tasks per evaluation: "
                   f"{', '.join(map(str, tasks)) or 'n/a'} (the same tasks for every arm); baseline arm: `{base}`.",
                   "", f"### vs baseline ({base})", "", *render_comparison(rows, base),
-                  *_task_level_success(records_by_seed, base),
+                  *_task_level_success(records_by_seed, base), *_aepo_lines(per_seed),
                   "", "### All arms (mean ± sample SD over seeds)", "", *table, *(["", note] if note else [])]
         made = [
             plots.plot_metric_by_step(train_runs, "entropy_mean", figures / f"{env}_entropy_vs_step.png",
@@ -287,7 +348,7 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: st
             plots.plot_entropy_by_turn(train_runs, figures / f"{env}_entropy_vs_turn.png"),
         ]
         for key, title in [("spear/buffer_size", "SPEAR replay buffer size"),
-                           ("aepo/branches_mean", "AEPO branches per task"),
+                           ("aepo/branch_mean", "AEPO branches per task"),
                            ("epo/viol_low", "EPO: fraction of tokens below the corridor"),
                            ("epo/viol_high", "EPO: fraction of tokens above the corridor")]:
             runs = {s: r for s, r in train_runs.items() if any(key in x for rr in r for x in rr)}

@@ -101,9 +101,10 @@ def test_claims_table_rows_match_the_numbers_in_dynamics_json(analyzed):
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| # ")]
     assert len(rows) == len(data["claims"])
     # recurrence is measured on identical rollouts of the two strategies: one row for both; Household
-    # names no tool calls, so the tool claim is one n/a row for both
+    # names no tool calls and neither run branched, so the tool and branching claims are one n/a row for both
     merged = {r["claim_id"] for r in data["claims"] if r["strategy"] == "epo, grpo"}
-    assert merged == {"recurrence", "recurrence_late", "tool_response"} and len(rows) == len(dyn.CLAIMS) * 2 - 3
+    assert merged == {"recurrence", "recurrence_late", "tool_response", "branch_entropy"}
+    assert len(rows) == len(dyn.CLAIMS) * 2 - 4
     tool = next(r for r in data["claims"] if r["claim_id"] == "tool_response")
     assert (tool["verdict"], tool["note"]) == ("n/a", "no tool responses in these runs")
     seen = set()
@@ -200,6 +201,7 @@ def test_one_seed_gives_a_nan_interval_and_an_inconclusive_verdict(bench, tmp_pa
     assert p["n"] == 1 and p["lo"] is None and p["hi"] is None
     verdicts = {r["claim_id"]: r["verdict"] for r in data["claims"]}
     assert verdicts.pop("tool_response") == "n/a"  # Household names no tool calls
+    assert verdicts.pop("branch_entropy") == "n/a"  # and GRPO does not branch
     assert set(verdicts.values()) == {"not distinguishable from noise", "no collapse to test"}
     assert "slope = 0.06 [NaN, NaN]" in (out / "dynamics.md").read_text()
 

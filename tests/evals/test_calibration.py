@@ -29,12 +29,17 @@ def _null_claims() -> tuple[list[str], list[str]]:
 
 @pytest.fixture(scope="module")
 def null_rates() -> dict[str, float]:
+    """The nulls of ``cal.calibrate`` with its seeds (0 for the shared flat and collapse worlds,
+    1 for the branching world), so that the published rates can be compared."""
     flat, collapse = _null_claims()
-    return cal.holds_rates([cal.FLAT_NULL, cal.COLLAPSE_NULL], [flat, collapse], NULLS, seed=0)
+    rates = cal.holds_rates([cal.FLAT_NULL, cal.COLLAPSE_NULL], [flat, collapse], NULLS, seed=0)
+    rates.update(cal.holds_rates([cal.BRANCH_NULL], [["branch_entropy"]], NULLS, seed=1))
+    return rates
 
 
 def test_every_claim_has_a_null_and_a_planted_world():
     assert set(cal.PLANTED) == set(CLAIM_IDS) == set(cal.NULL_FOR) == set(cal.PLANTED_TEXT)
+    assert {c for c, w in cal.NULL_FOR.items() if w == cal.BRANCH_NULL} == {"branch_entropy"}
 
 
 @pytest.mark.parametrize("claim", CLAIM_IDS)

@@ -126,3 +126,44 @@ def test_comparison_from_the_committed_collapse_summary():
     assert "| grpo | 3 | 0.302 ± 0.024 |" in "\n".join(lines)  # sample SD, not the population SD 0.019
     with pytest.raises(ValueError, match="3 runs but 2 seeds"):
         comparison_from_summary(summary, seeds=[0, 1])
+
+
+def test_tool_use_and_aepo_rows_appear_for_runs_that_report_them(tmp_path):
+    """Final held-out tool metrics are compared like success; AEPO arms get their branching table."""
+    f1 = {("grpo", 0): 0.4, ("grpo", 1): 0.5, ("aepo", 0): 0.5, ("aepo", 1): 0.7}
+    aepo_train = {0: [(0.2, 0.5, 3.0), (0.2, 0.3, 4.0)], 1: [(0.1, 0.2, 2.0), (None, None, 2.0)]}
+    for (arm, seed), value in f1.items():
+        folder = tmp_path / f"{arm}__search__s{seed}"
+        write_run(folder, [0.4, 0.3])
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        records[-1].update({"tool/episodes": 4.0, "tool/answer_f1": value, "tool/answer_em": value,
+                            "tool/calls_per_episode": 2.0, "tool/malformed_per_episode": 0.25,
+                            "tool/gold_all_hops": 0.9})
+        if arm == "aepo":
+            train = [r for r in records if r["phase"] == "train"]
+            for r, (h_root, h_tool, branches) in zip(train, aepo_train[seed], strict=True):
+                r.update({"aepo/h_root_mean": h_root, "aepo/h_tool_mean": h_tool, "aepo/branch_mean": branches,
+                          "aepo/global_mean": 8.0 - branches})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = run_summary(tmp_path / "aepo__search__s1")
+    assert summary["tool_answer_f1"] == 0.7 and summary["aepo_h_tool_minus_root"] == pytest.approx(0.1)
+    assert summary["aepo_branches"] == 2.0 and run_summary(tmp_path / "grpo__search__s1")["aepo_branches"] is None
+
+    cells = [Cell(arm, "search", seed) for arm in ("grpo", "aepo") for seed in (0, 1)]
+    report = write_bench_report(tmp_path, cells, baseline="grpo").read_text()
+    # F1 differences +0.1, +0.2: mean 0.15, SD 0.0707, se 0.05, t(0.975, 1) = 12.706 -> [-0.485, 0.785]
+    row = next(line for line in report.splitlines() if line.startswith("| aepo | answer F1 (final) |"))
+    assert "| 0.600 | 0.450 | +0.150 | [-0.485, 0.785] |" in row
+    assert "| aepo | malformed calls per episode (final) | 0.25 | 0.25 | +0.00 |" in report
+    # H_tool - H_root per seed (the run's means): 0.4 - 0.2 = 0.2 and 0.2 - 0.1 = 0.1; t = 3 on 1 df -> p = 0.205
+    aepo = next(line for line in report.splitlines() if line.startswith("| aepo | 2 |"))
+    cells_ = [c.strip() for c in aepo.strip("|").split("|")]
+    assert cells_[2:] == ["2.75 ± 1.06", "5.25 ± 1.06", "0.150 ± 0.071", "0.300 ± 0.141", "+0.150",
+                          "[-0.485, +0.785]", "0.205"]
+    assert "![search_aepo_branch_mean](figures/search_aepo_branch_mean.png)" in report
+    # a bench without tool metrics keeps its table as it was
+    household = tmp_path / "h"
+    write_run(household / "grpo__h__s0", [0.4, 0.3])
+    write_run(household / "epo__h__s0", [0.4, 0.3])
+    plain = write_bench_report(household, [Cell("grpo", "h", 0), Cell("epo", "h", 0)]).read_text()
+    assert "answer F1" not in plain and "AEPO's rollout" not in plain

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from agentropy.evals.dynamics.branching import ForkContrast
 from agentropy.evals.dynamics.common import AnalysisError
 from agentropy.evals.dynamics.records import IterationStats, RunData
 from agentropy.evals.dynamics.statistics import PostObsContrast, PostObsCounts, Recurrence
@@ -64,6 +65,8 @@ def _iteration(d: dict[str, Any]) -> IterationStats:
         post_contrast=PostObsContrast(content=PostObsCounts(**contrast["content"]),
                                       **{k: v for k, v in contrast.items() if k != "content"}),
         recurrence_informative=_recurrence(d["recurrence_informative"]),
+        # aggregates written before the branching statistic existed have no forks (runs without AEPO)
+        forks=ForkContrast(by_turn={int(t): list(row) for t, row in (d.get("forks") or {}).get("by_turn", {}).items()}),
     )
 
 

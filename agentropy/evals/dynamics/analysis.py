@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from agentropy.evals.dynamics.branching import ForkContrast
 from agentropy.evals.dynamics.common import (
     CI_LEVEL,
     AnalysisError,
@@ -81,6 +82,9 @@ def analyze_run(run: RunData, options: Options) -> dict[str, Any]:
         for t, c in it.post_obs.items():
             post_by_turn[t].add(c)
     post = pool_post_observation(post_by_turn)
+    forks = ForkContrast()
+    for it in run.iterations.values():
+        forks.add(it.forks)
 
     signals = collapse_signals(steps, grad, reward_std, entropy, options.window)
     spike = steps.index(signals.spike_step) if signals.spike_step is not None else -1
@@ -107,6 +111,7 @@ def analyze_run(run: RunData, options: Options) -> dict[str, Any]:
             "by_turn": {t: {"ratio": c.ratio, "head": c.head_mean, "rest": c.rest_mean, "pairs": c.pairs,
                             "short": c.short, "empty": c.empty} for t, c in sorted(post_by_turn.items())},
         },
+        "branch": {"fork_minus_stay": forks.fork_minus_stay, "forks": forks.forks, "stays": forks.stays},
         "recurrence": {
             "first": _recurrence_json(first.recurrence), "last": _recurrence_json(last.recurrence),
             "change": last.recurrence.fraction - first.recurrence.fraction,
@@ -194,6 +199,9 @@ def analyze_strategy(runs: Sequence[RunData], options: Options) -> dict[str, Any
             "by_turn": {t: mean_ci([r["post_obs"]["by_turn"][t]["ratio"] for r in per_run
                                     if t in r["post_obs"]["by_turn"]]).to_json() for t in post_turns},
         },
+        "branch": {**_summaries(per_run, {"fork_minus_stay": "branch.fork_minus_stay"}),
+                   "forks": sum(r["branch"]["forks"] for r in per_run),
+                   "stays": sum(r["branch"]["stays"] for r in per_run)},
         "recurrence": {
             **_summaries(per_run, {"fraction_first": "recurrence.first.fraction",
                                    "fraction_last": "recurrence.last.fraction",

@@ -16,6 +16,8 @@ What the null worlds contain (what a claim must *not* mistake for its effect):
   entropy ~0 after the content, whose entropy has group- and reply-level random effects;
 * the last iteration's entropy is lower than the first's by the same amount at every turn (a
   drift that does not grow with the turn);
+* in the "branch" null, each group adds 2 branches of random global trajectories, forked at a
+  turn >= 1 drawn uniformly whatever the entropy;
 * in the "collapse" null, entropy falls steadily below half its first value while gradient
   norms are independent of it, so the largest spike lands anywhere in the decline.
 
@@ -25,6 +27,7 @@ the calibration reports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,11 +69,14 @@ class World:
     spike_drop: float = 0.0  # extra fall of entropy and reward std at the grad-norm spike
     repeat_first: float = 0.2  # chance a reply copies the group's canonical reply, first iteration
     repeat_last: float = 0.2  # same at the last iteration
+    branches: int = 0  # branch trajectories per group (AEPO-style forks of a global one)
+    fork_bias: float = 0.0  # planted: a branch's fork turn is drawn with weight exp(fork_bias * dH_t)
     n_head: int = 4
 
 
 FLAT_NULL = World()
 COLLAPSE_NULL = World(entropy_decline=0.7)
+BRANCH_NULL = World(branches=2)  # forks at a turn drawn uniformly, whatever the entropy
 #: Planted effects, one world per claim family (sizes are what the calibration reports).
 PLANTED: dict[str, World] = {
     "exp_law": World(entropy_decline=0.4, law_a=0.5),
@@ -83,10 +89,11 @@ PLANTED: dict[str, World] = {
     "collapse_reward_std": World(entropy_decline=0.7, spike_drop=0.25),
     "collapse_entropy": World(entropy_decline=0.7, spike_drop=0.25),
     "repeated": World(entropy_decline=0.7, repeat_first=0.2, repeat_last=0.5),
+    "branch_entropy": World(branches=2, fork_bias=30.0),
 }
 #: Which null each claim is calibrated against: the echo-trap claims need a collapse to be tested.
 NULL_FOR: dict[str, World] = {claim: COLLAPSE_NULL if claim in ("collapse_reward_std", "collapse_entropy", "repeated")
-                              else FLAT_NULL for claim in PLANTED}
+                              else BRANCH_NULL if claim == "branch_entropy" else FLAT_NULL for claim in PLANTED}
 #: What each planted world plants, in words, for the calibration table.
 PLANTED_TEXT: dict[str, str] = {
     "exp_law": "success = -0.5 exp(H) + b + noise while entropy falls by 40 %",
@@ -100,6 +107,8 @@ PLANTED_TEXT: dict[str, str] = {
     "collapse_reward_std": "reward std and entropy fall an extra 0.25 at the grad-norm spike (step noise SD 0.03)",
     "collapse_entropy": "reward std and entropy fall an extra 0.25 at the grad-norm spike (step noise SD 0.03)",
     "repeated": "share of replies copying the group's canonical reply 20 % -> 50 %",
+    "branch_entropy": "2 branches per group of 4; a branch's fork turn drawn with weight exp(30 dH_t), a fork - "
+                      "stay difference of about +0.12 nats (the null: uniformly over turns >= 1)",
 }
 
 
@@ -171,7 +180,41 @@ def _trajectories(world: World, rng: np.random.Generator, last: bool) -> list[Tr
                                   action="act", group_id=f"g{g}", traj_id=f"g{g}-{j}", info=info))
             trajs.append(Trajectory(traj_id=f"g{g}-{j}", group_id=f"g{g}", task_id=f"task{g}", seed=g, steps=steps,
                                     episode_return=float(won[g][j]), won=won[g][j]))
+    if world.branches:
+        trajs += _branches(world, rng, trajs, last)
     return trajs
+
+
+def _branches(world: World, rng: np.random.Generator, globals_: Sequence[Trajectory], last: bool) -> list[Trajectory]:
+    """AEPO-style branches: each copies a random global trajectory of its group up to a fork turn
+    f >= 1 (steps marked ``branch_prefix``) and re-samples turns f.. with fresh replies. The fork
+    turn is uniform over turns >= 1 when ``fork_bias`` is 0, else weighted by exp(fork_bias * dH_t)
+    of the source's replies (drawn after everything else, so worlds without branches keep their draws)."""
+    from agentropy.evals.dynamics.branching import WINDOW
+    from agentropy.training.methods.aepo_rollout import leading_mean_entropy
+
+    out = []
+    turns = np.arange(1, world.turns)
+    for g in range(world.groups):
+        for b in range(world.branches):
+            src = globals_[g * world.group_size + int(rng.integers(world.group_size))]
+            h0 = leading_mean_entropy(src.steps[0].entropy, WINDOW)
+            dh = np.array([leading_mean_entropy(src.steps[t].entropy, WINDOW) - h0 for t in turns])
+            weight = np.exp(world.fork_bias * (dh - dh.max()))
+            f = int(rng.choice(turns, p=weight / weight.sum()))
+            content = np.clip(1.0 + (world.uniform_shift if last else 0.0) + rng.normal(0.0, 0.1, (world.turns, 1))
+                              + rng.normal(0.0, 0.3, (world.turns, world.content_tokens)), 0.0, None).tolist()
+            tid = f"g{g}-b{b}"
+            steps = [dataclasses.replace(s, traj_id=tid, info={**s.info, "branch_prefix": True}) for s in src.steps[:f]]
+            for t in range(f, world.turns):
+                ids = [*rng.integers(0, CONTENT_VOCAB, world.content_tokens).tolist(), *FORMAT_CLOSE]
+                steps.append(Step(turn=t, prompt_ids=[0], response_ids=ids, logprobs=[0.0] * len(ids),
+                                  entropy=[*content[t], 0.02, 0.01, 0.01], reward=0.0, terminated=t == world.turns - 1,
+                                  truncated=False, anchor_obs=f"g{g} branch {b} room {t}", action="act",
+                                  group_id=f"g{g}", traj_id=tid, info={"tool_call": "search", "invalid_action": False}))
+            out.append(Trajectory(traj_id=tid, group_id=f"g{g}", task_id=f"task{g}", seed=g, steps=steps,
+                                  episode_return=src.episode_return, won=src.won, parent_id=src.traj_id, kind="branch"))
+    return out
 
 
 def synthetic_run(world: World, rng: np.random.Generator, seed: int, strategy: str = "grpo",
@@ -253,6 +296,7 @@ def calibrate(nulls: int = 200, planted: int = 50, seed: int = 0) -> list[Rates]
     flat = [c for c, w in NULL_FOR.items() if w == FLAT_NULL]
     collapse = [c for c, w in NULL_FOR.items() if w == COLLAPSE_NULL]
     fpr = holds_rates([FLAT_NULL, COLLAPSE_NULL], [flat, collapse], nulls, seed)
+    fpr.update(holds_rates([BRANCH_NULL], [["branch_entropy"]], nulls, seed + 1))
     out = []
     for j, (claim, world) in enumerate(PLANTED.items()):
         power = holds_rates([world], [[claim]], planted, seed + 100 + j)[claim]

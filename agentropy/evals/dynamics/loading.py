@@ -17,6 +17,7 @@ from agentropy.evals.dynamics.aggregates import (
     has_aggregates,
     read_aggregates,
 )
+from agentropy.evals.dynamics.branching import fork_contrast
 from agentropy.evals.dynamics.common import (
     BENCH_CELL,
     TRAJECTORY_FILE,
@@ -64,6 +65,7 @@ def iteration_stats(iteration: int, trajectories: Sequence[Trajectory], n_head: 
         turn_halves=turn_halves(trajs),
         post_contrast=post_observation_contrast(trajs, n_head),
         recurrence_informative=informative_recurrence(trajs),
+        forks=fork_contrast(trajs),
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentropy.evals.dynamics.branching import ForkContrast
 from agentropy.evals.dynamics.common import _number
 from agentropy.evals.dynamics.statistics import PostObsContrast, PostObsCounts, Recurrence
 
@@ -33,6 +34,7 @@ class IterationStats:
     turn_halves: dict[int, tuple[float, int, float, int]] = field(default_factory=dict)  # noise floor of H_t
     post_contrast: PostObsContrast = field(default_factory=PostObsContrast)  # content tokens, new vs repeated obs
     recurrence_informative: Recurrence = field(default_factory=Recurrence)  # without initial state and no-ops
+    forks: ForkContrast = field(default_factory=ForkContrast)  # AEPO: entropy rise where it branched
 
 
 

@@ -198,6 +198,17 @@ def write_dynamics(result: Mapping[str, Any], out_dir: str | Path, command: str 
               + (f" {s['post_obs'].get('after_tool', 0)} | {s['post_obs'].get('after_no_tool', 0)} |" if tools else "")
               for k, s in strategies.items()]
     lines += ["", fig("post_observation"), ""]
+    branched = {k: s for k, s in strategies.items() if s.get("branch", {}).get("forks", 0)}
+    if branched:
+        lines += ["### Where the rollout branched (AEPO)", "",
+                  "dH = mean entropy of a reply's first 20 tokens minus the trajectory's first reply's (what AEPO's "
+                  "fork score grows with). fork_minus_stay = mean dH of the replies a branch was forked at minus "
+                  "that of the other replies at the same turn (turns >= 1), weighted by the forks per turn; a rule "
+                  "that ignores entropy gives 0.", ""]
+        lines += _summary_table(branched, "branch", ["fork_minus_stay"])
+        lines += ["", "| strategy | fork points | other replies at turns >= 1 |", "|---|---|---|"]
+        lines += [f"| {k} | {s['branch']['forks']} | {s['branch']['stays']} |" for k, s in branched.items()]
+        lines += [""]
     lines += ["## 6. State recurrence within a group", ""]
     lines += ["Fraction of distinct (group, anchor) states reached by two or more trajectories of the group, "
               "at each run's first and last iteration; size: mean step-group size (steps sharing an anchor); "

@@ -15,7 +15,7 @@ prints the numbers next to each rule. Other outcomes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,6 +87,7 @@ class Claim:
     scope: Literal["all", "baseline"] = "all"  # baseline: only runs with no entropy method
     needs_collapse: bool = False  # echo-trap claims: only for strategies with a collapse event
     needs_tools: bool = False  # tool-call claims: only for runs whose env names its tool calls
+    needs_branches: bool = False  # branching claims: only for runs whose rollout branched (AEPO)
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -122,6 +123,12 @@ CLAIMS: tuple[Claim, ...] = (
           "for replies that follow no tool response (the first reply, after the task alone, or after a malformed or "
           "failed call); only envs that name their tool calls",
           (Condition("post_obs.tool_minus_other", "tool_minus_other", 0.0, "above"),), needs_tools=True),
+    Claim("branch_entropy", "Branching rollouts fork at high-entropy tool-call steps",
+          "AEPO, arXiv 2510.14545 (entropy-balanced branching; ARPO, arXiv 2507.19849)",
+          "runs whose rollout branched: dH = mean entropy of a reply's first 20 tokens minus the trajectory's first "
+          "reply's; mean dH of the replies a branch was forked at minus that of the other replies at the same turn "
+          "(turns >= 1), weighted by the forks per turn",
+          (Condition("branch.fork_minus_stay", "fork_minus_stay", 0.0, "above"),), needs_branches=True),
     Claim("recurrence", "Most anchor states recur within a group (over 65 % in ALFWorld with groups of 8)",
           "GiGPO, arXiv 2505.10978",
           "fraction of distinct (group, anchor) states reached by ≥ 2 trajectories of the group, first iteration, "
@@ -172,15 +179,26 @@ def _row(claim: Claim, strategy: str, seeds: int, values: dict[str, Any], sides_
             "verdict": verdict, "note": note}
 
 
+def _lacking_data(claim: Claim, strategies: Iterable[Mapping[str, Any]]) -> str:
+    """What none of ``strategies`` has that ``claim`` needs ("" when they have it)."""
+    strategies = list(strategies)
+    if claim.needs_tools and not any(_get(s, "post_obs.after_tool", 0) for s in strategies):
+        return "no tool responses"
+    if claim.needs_branches and not any(_get(s, "branch.forks", 0) for s in strategies):
+        return "no branching rollouts"
+    return ""
+
+
 def claims_table(strategies: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per claim and strategy, with the numbers and the verdict computed from them;
     strategies whose numbers for a claim are identical share one row (labels joined by ', ')."""
     rows = []
     for claim in CLAIMS:
-        if claim.needs_tools and not any(_get(s, "post_obs.after_tool", 0) for s in strategies.values()):
+        lacking = _lacking_data(claim, strategies.values())
+        if lacking:
             rows.append(_row(claim, ", ".join(strategies), 0, {c.name: dict(_NO_VALUE) for c in claim.conditions},
                              [(c.side, NOT_APPLICABLE) for c in claim.conditions], NOT_APPLICABLE,
-                             "no tool responses in these runs"))
+                             f"{lacking} in these runs"))
             continue
         merged: dict[str, dict[str, Any]] = {}
         for label, s in strategies.items():
@@ -194,6 +212,8 @@ def claims_table(strategies: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             note = ""
             if not in_scope:
                 verdict, note = NOT_APPLICABLE, "claim is about runs with no entropy method"
+            elif _lacking_data(claim, [s]):
+                verdict, note = NOT_APPLICABLE, f"{_lacking_data(claim, [s])} in these runs"
             elif claim.needs_collapse and collapses == 0:
                 verdict, note = NO_COLLAPSE, f"0 of {len(s.get('runs', []))} runs collapsed"
             else:
