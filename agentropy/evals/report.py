@@ -248,28 +248,35 @@ def _task_level_success(records_by_arm: dict[str, dict[int, list[dict[str, Any]]
 
 
 def _aepo_lines(per_seed: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
-    """AEPO's rollout, per arm that ran it: how much it branched, and its premise measured on its
-    own probes: the entropy of replies after a tool response (an observation) against the first
-    reply's, paired within each run (one value per seed: the run's mean over iterations)."""
+    """AEPO's rollout, per arm that ran it: how much it branched, and, where it pre-monitored,
+    its premise measured on its own probes: the entropy of replies after a tool response (an
+    observation) against the first reply's, paired within each run (one value per seed: the
+    run's mean over iterations)."""
     rows = []
     for arm, runs in per_seed.items():
-        sums = [s for s in runs.values() if s.get("aepo_h_tool_minus_root") is not None]
+        sums = [s for s in runs.values() if s.get("aepo_branches") is not None]
         if not sums:
             continue
-        gap = paired_difference([s["aepo_h_tool"] for s in sums], [s["aepo_h_root"] for s in sums],
-                                "H_tool", "H_root")
-        ci = "n/a" if not math.isfinite(gap.lo) else f"[{gap.lo:+.3f}, {gap.hi:+.3f}]"
+        probed = [s for s in sums if s.get("aepo_h_tool_minus_root") is not None]
+        cells = ["n/a (no pre-monitoring)", "n/a", "n/a", "n/a", "n/a"]
+        if probed:
+            gap = paired_difference([s["aepo_h_tool"] for s in probed], [s["aepo_h_root"] for s in probed],
+                                    "H_tool", "H_root")
+            cells = [_pm([s["aepo_h_root"] for s in probed]), _pm([s["aepo_h_tool"] for s in probed]),
+                     f"{gap.mean_diff:+.3f}",
+                     "n/a" if not math.isfinite(gap.lo) else f"[{gap.lo:+.3f}, {gap.hi:+.3f}]", fmt_p(gap.p)]
         rows.append(f"| {arm} | {len(sums)} | {_pm([s['aepo_branches'] for s in sums], '{:.2f}')} | "
-                    f"{_pm([s['aepo_globals'] for s in sums], '{:.2f}')} | {_pm([s['aepo_h_root'] for s in sums])} | "
-                    f"{_pm([s['aepo_h_tool'] for s in sums])} | {gap.mean_diff:+.3f} | {ci} | {fmt_p(gap.p)} |")
+                    f"{_pm([s['aepo_globals'] for s in sums], '{:.2f}')} | " + " | ".join(cells) + " |")
     if not rows:
         return []
     return ["", "### AEPO's rollout", "",
-            "Per training iteration AEPO probes each task once: H_root is the mean token entropy of the probe's "
-            "first reply, H_tool the mean over its replies to a tool response (an observation), both over the "
-            "first tokens of each reply as AEPO's code does. Tasks whose H_tool is higher get fewer global samples "
-            "and more branches. The difference is paired within each run, one value per seed (the run's mean "
-            "over iterations); mean ± sample SD over seeds.", "",
+            "Branches and global samples per task (k in all), mean over iterations. With entropy pre-monitoring "
+            "(`aepo.dynamic_rollouts`) AEPO probes each task once per iteration: H_root is the mean token entropy "
+            "of the probe's first reply, H_tool the mean over its replies to a tool response (an observation), "
+            "both over the first tokens of each reply as AEPO's code does; tasks whose H_tool is higher get fewer "
+            "global samples and more branches. The difference is paired within each run, one value per seed "
+            "(the run's mean over iterations); mean ± sample SD over seeds. Where the rollout forked, against "
+            "the entropy of the replies it forked at, is measured by `agentropy analyze` (branch_entropy).", "",
             "| arm | seeds | branches per task | global samples per task | H_root | H_tool | H_tool - H_root | "
             "95 % CI (t) | p (paired t) |",
             "|---|---|---|---|---|---|---|---|---|", *rows]

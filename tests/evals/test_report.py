@@ -167,3 +167,15 @@ def test_tool_use_and_aepo_rows_appear_for_runs_that_report_them(tmp_path):
     write_run(household / "epo__h__s0", [0.4, 0.3])
     plain = write_bench_report(household, [Cell("grpo", "h", 0), Cell("epo", "h", 0)]).read_text()
     assert "answer F1" not in plain and "AEPO's rollout" not in plain
+    # branching without pre-monitoring: branch counts, no H columns
+    branching = tmp_path / "b"
+    write_run(branching / "grpo__h__s0", [0.4, 0.3])
+    write_run(branching / "aepo__h__s0", [0.4, 0.3])
+    path = branching / "aepo__h__s0" / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:
+        if r["phase"] == "train":
+            r.update({"aepo/branch_mean": 4.0, "aepo/global_mean": 4.0, "aepo/h_root_mean": None})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = write_bench_report(branching, [Cell("grpo", "h", 0), Cell("aepo", "h", 0)]).read_text()
+    assert "| aepo | 1 | 4.00 | 4.00 | n/a (no pre-monitoring) | n/a | n/a | n/a | n/a |" in text
