@@ -81,6 +81,17 @@ def load_bench(path: str | Path) -> tuple[BenchConfig, Path]:
     return cfg, path.parent
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as a reader of a report types it: relative to the working directory when under
+    it, else relative to the project folder that holds it (the nearest parent with a
+    ``pyproject.toml``: a config or report folder of a checkout used from another one)."""
+    path = Path(path).resolve()
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd().resolve()))
+    root = next((p for p in path.parents if (p / "pyproject.toml").exists()), None)
+    return str(path.relative_to(root)) if root else str(path)
+
+
 def cells(cfg: BenchConfig) -> list[Cell]:
     return [Cell(s, e, seed) for e in cfg.envs for s in cfg.strategies for seed in cfg.seeds]
 
@@ -179,7 +190,8 @@ def run_bench(path: str | Path, extra_overrides: list[str] | None = None, only: 
         with _claim(cell_dir, wait=False) as mine:
             if mine and not (cell_dir / "done.json").exists():
                 _run_cell(bench, folder, cell, cell_dir, init_models[cell.env], extra)
-    write_bench_report(bench_dir, [c for c in cells(bench)], baseline=bench.baseline or next(iter(bench.strategies)))
+    write_bench_report(bench_dir, [c for c in cells(bench)], baseline=bench.baseline or next(iter(bench.strategies)),
+                       commands=[f"agentropy bench {shown_path(path)}"])
     return bench_dir
 
 

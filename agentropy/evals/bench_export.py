@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agentropy.errors import UsageError
-from agentropy.evals.bench import Cell, cells, load_bench
+from agentropy.evals.bench import Cell, cells, load_bench, shown_path
 
 #: The files of a run folder that the bench report and the per-cell table read.
 RECORD_FILES = ("metrics.jsonl", "config.yaml", "done.json")
@@ -44,7 +44,9 @@ def export_bench(config_path: str | Path, out_dir: str | Path) -> Path:
     present = [c for c in cells(bench) if (out / c.name / "done.json").exists()]
     if not present:
         raise UsageError(f"no finished cell of {config_path} in {bench_dir} or {out}")
-    write_bench_report(out, present, baseline=bench.baseline or next(iter(bench.strategies)))
+    config = shown_path(config_path)
+    write_bench_report(out, present, baseline=bench.baseline or next(iter(bench.strategies)),
+                       commands=[f"agentropy bench {config}", f"agentropy bench {config} --export {shown_path(out)}"])
     write_cell_table(out, present, total=len(cells(bench)))
     return out
 

@@ -282,10 +282,12 @@ def _aepo_lines(per_seed: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
             "|---|---|---|---|---|---|---|---|---|", *rows]
 
 
-def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: str | None = None) -> Path:
+def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: str | None = None,
+                       commands: Sequence[str] = ()) -> Path:
     """``report.md`` + plots comparing strategies over seeds, per environment.
 
-    ``baseline`` names the arm every other arm is compared with (default: the first strategy)."""
+    ``baseline`` names the arm every other arm is compared with (default: the first strategy);
+    ``commands``, when given, are named at the top as the ones that made the report, in order."""
     bench_dir = Path(bench_dir)
     figures = bench_dir / "figures"
     by_env: dict[str, dict[str, list[Any]]] = {}
@@ -295,7 +297,8 @@ def write_bench_report(bench_dir: str | Path, cells: Sequence[Any], baseline: st
              "Every arm starts from the same SFT checkpoint and is scored on the same fixed held-out test "
              "tasks, so arms are compared seed by seed against the baseline arm first. The descriptive "
              "table after it gives mean ± sample SD (ddof=1) over seeds. 'collapsed' counts seeds whose final "
-             f"training entropy fell below {COLLAPSE_RATIO} x its first-iteration entropy.", ""]
+             f"training entropy fell below {COLLAPSE_RATIO} x its first-iteration entropy.", "",
+             *(["Made by " + ", then ".join(f"`{c}`" for c in commands) + ".", ""] if commands else [])]
     summary: dict[str, Any] = {}
     for env, strategies in by_env.items():
         base = baseline if baseline is not None else next(iter(strategies))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentropy.errors import UsageError
+from agentropy.evals.bench import shown_path
 from agentropy.evals.bench_export import cell_row, export_bench
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +49,23 @@ def test_export_copies_only_the_records_and_the_cell_table_holds_their_numbers(t
     r0 = cell_row(out / "grpo__household__s0")
     assert r0["collapsed"] is False and r0["ratio"] == pytest.approx(0.0545 / 0.1020, abs=2e-3)
     assert (out / "report.md").read_text().count("grpo") >= 1 and (out / "summary.json").exists()
+
+
+def test_the_report_names_the_commands_that_made_it(tmp_path, monkeypatch):
+    config = make_bench(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    export_bench(config, tmp_path / "docs")
+    assert "Made by `agentropy bench pc.yaml`, then `agentropy bench pc.yaml --export docs`." in (
+        tmp_path / "docs" / "report.md").read_text()
+    # used from another checkout: paths relative to the project that holds them
+    project = tmp_path / "project"
+    (project / "configs" / "bench").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert shown_path(project / "configs" / "bench" / "x.yaml") == "configs/bench/x.yaml"
+    assert shown_path(tmp_path / "elsewhere" / "a.yaml") == "a.yaml"
+    assert shown_path(tmp_path / "pc.yaml") == str(tmp_path / "pc.yaml")
 
 
 def test_the_report_is_regenerated_from_the_exported_records_alone(tmp_path):
