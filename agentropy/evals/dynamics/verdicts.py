@@ -212,8 +212,8 @@ def claims_table(strategies: Mapping[str, Mapping[str, Any]]) -> list[dict[str, 
             note = ""
             if not in_scope:
                 verdict, note = NOT_APPLICABLE, "claim is about runs with no entropy method"
-            elif _lacking_data(claim, [s]):
-                verdict, note = NOT_APPLICABLE, f"{_lacking_data(claim, [s])} in these runs"
+            elif lacking := _lacking_data(claim, [s]):
+                verdict, note = NOT_APPLICABLE, f"{lacking} in these runs"
             elif claim.needs_collapse and collapses == 0:
                 verdict, note = NO_COLLAPSE, f"0 of {len(s.get('runs', []))} runs collapsed"
             else:
