@@ -71,6 +71,8 @@ def test_spearman_of_a_monotone_series_is_minus_one_and_counts_falls():
     mixed = dyn.entropy_decline([3, 0, 1, 2], [1.5, 1.0, 2.0, 1.8])  # sorted: 1.0, 2.0, 1.8, 1.5
     assert mixed.fell == pytest.approx(2 / 3)
     assert math.isnan(dyn.spearman([0, 1, 2], [1.0, 1.0, 1.0]))
+    two = dyn.entropy_decline([0, 1], [0.2, 0.3])  # one change: no trend to measure
+    assert math.isnan(two.rho) and math.isnan(two.fell) and two.n == 2
 
 
 # --- 3. per-turn entropy -------------------------------------------------------------------------

@@ -159,12 +159,14 @@ def entropy_decline(steps: Sequence[int], entropy: Sequence[float]) -> Decline:
     """ρ_s(step, H̄_k) and the fraction of consecutive logged steps with H̄_{k+1} < H̄_k.
 
     A perfectly monotone decline has ρ = -1 and fraction 1. Steps are sorted; a gap in the
-    iterations counts as one change between the two logged steps.
+    iterations counts as one change between the two logged steps. Both are NaN with fewer than
+    3 steps: one change is not a trend (every run of two iterations would otherwise give a
+    fraction of exactly 0 or 1 and a zero-width interval over seeds).
     """
     pairs = sorted((int(s), float(h)) for s, h in zip(steps, entropy, strict=True) if h is not None and math.isfinite(h))
     xs = [s for s, _ in pairs]
     hs = np.asarray([h for _, h in pairs])
-    fell = float(np.mean(np.diff(hs) < 0.0)) if hs.size >= 2 else math.nan
+    fell = float(np.mean(np.diff(hs) < 0.0)) if hs.size >= 3 else math.nan
     return Decline(spearman(xs, hs), fell, len(pairs))
 
 
