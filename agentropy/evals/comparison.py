@@ -25,6 +25,7 @@ from agentropy.evals.stats import (
     fmt,
     fmt_p,
     format_mean_sd,
+    is_finite_number,
     min_detectable_difference,
     paired_difference,
 )
@@ -80,7 +81,7 @@ def compare_to_baseline(per_seed: Mapping[str, Mapping[int, Mapping[str, Any]]],
             continue
         for metric in metrics:
             seeds = tuple(sorted(s for s in runs if s in per_seed[baseline]
-                                 and _number(runs[s].get(metric.key)) and _number(per_seed[baseline][s].get(metric.key))))
+                                 and is_finite_number(runs[s].get(metric.key)) and is_finite_number(per_seed[baseline][s].get(metric.key))))
             if not seeds:
                 rows.append(ComparisonRow(arm, baseline, metric, (), math.nan, math.nan, None, math.inf))
                 continue
@@ -90,10 +91,6 @@ def compare_to_baseline(per_seed: Mapping[str, Mapping[int, Mapping[str, Any]]],
             mdd = min_detectable_difference(diff.sd_diff, diff.n) if diff.n > 1 else math.inf
             rows.append(ComparisonRow(arm, baseline, metric, seeds, float(np.mean(a)), float(np.mean(b)), diff, mdd))
     return rows
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def power_line(n_pairs: Sequence[int]) -> str:

@@ -28,7 +28,7 @@ from agentropy.evals.comparison import (
     render_comparison,
     rows_as_dicts,
 )
-from agentropy.evals.stats import fmt_p, format_mean_sd, mcnemar, paired_difference
+from agentropy.evals.stats import fmt_p, format_mean_sd, is_finite_number, mcnemar, paired_difference
 from agentropy.training.entropy_estimate import estimate_footnote
 from agentropy.training.run_log import read_metrics
 
@@ -54,14 +54,14 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
     entropies = [r["entropy_mean"] for r in train if isinstance(r.get("entropy_mean"), (int, float))]
 
     def step_mean(key: str) -> float | None:
-        values = [r[key] for r in train if _finite(r.get(key))]
+        values = [r[key] for r in train if is_finite_number(r.get(key))]
         return float(np.mean(values)) if values else None
 
     final_eval = rl_evals[-1] if rl_evals else {}
-    tool = {key: (float(final_eval[f"tool/{name}"]) if _finite(final_eval.get(f"tool/{name}")) else None)
+    tool = {key: (float(final_eval[f"tool/{name}"]) if is_finite_number(final_eval.get(f"tool/{name}")) else None)
             for key, name in TOOL_SUMMARY_KEYS.items()}
     gaps = [r["aepo/h_tool_mean"] - r["aepo/h_root_mean"] for r in train
-            if _finite(r.get("aepo/h_tool_mean")) and _finite(r.get("aepo/h_root_mean"))]
+            if is_finite_number(r.get("aepo/h_tool_mean")) and is_finite_number(r.get("aepo/h_root_mean"))]
 
     return {
         "sft_success": sft_eval[0]["success_rate"] if sft_eval else None,
@@ -86,10 +86,6 @@ def run_summary(run_dir: str | Path) -> dict[str, Any]:
         "aepo_h_tool": step_mean("aepo/h_tool_mean"),
         "aepo_h_tool_minus_root": float(np.mean(gaps)) if gaps else None,
     }
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _pm(values: Sequence[float | None], fmt: str = "{:.3f}") -> str:

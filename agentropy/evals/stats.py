@@ -32,6 +32,11 @@ from scipy import stats as sps
 ArrayLike = Sequence[float] | np.ndarray
 
 
+def is_finite_number(value: object) -> bool:
+    """A finite int or float (not a bool, None, NaN or a string): a metric value that can be averaged."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def as_finite_array(values: ArrayLike, name: str = "values") -> np.ndarray:
     """``values`` as a 1-D float array; raises ``ValueError`` on NaN/inf, emptiness or wrong shape."""
     array = np.asarray(values, dtype=float)

@@ -38,8 +38,10 @@ import numpy as np
 import yaml
 
 from agentropy.evals.dynamics.analysis import Options, analyze
+from agentropy.evals.dynamics.branching import WINDOW
 from agentropy.evals.dynamics.loading import iteration_stats
 from agentropy.evals.dynamics.records import RunData
+from agentropy.training.methods.aepo_rollout import leading_mean_entropy
 from agentropy.training.trajectory import Step, Trajectory, write_jsonl
 
 FORMAT_CLOSE = (9001, 9002, 9003)  # "</action>": the prompt ends with "<action>", the reply closes the tag
@@ -190,9 +192,6 @@ def _branches(world: World, rng: np.random.Generator, globals_: Sequence[Traject
     f >= 1 (steps marked ``branch_prefix``) and re-samples turns f.. with fresh replies. The fork
     turn is uniform over turns >= 1 when ``fork_bias`` is 0, else weighted by exp(fork_bias * dH_t)
     of the source's replies (drawn after everything else, so worlds without branches keep their draws)."""
-    from agentropy.evals.dynamics.branching import WINDOW
-    from agentropy.training.methods.aepo_rollout import leading_mean_entropy
-
     out = []
     turns = np.arange(1, world.turns)
     for g in range(world.groups):
