@@ -94,13 +94,24 @@ def test_fork_replays_to_the_same_state(env):
 
 def test_dead_jvm_truncates_the_episode_and_is_restarted(env):
     env.reset(seed=1, options={"game": "coin"})
-    env._sim._gateway.java_process.kill()
-    env._sim._gateway.java_process.wait(timeout=10)
+    dead = env._sim._gateway.java_process
+    dead.kill()
+    dead.wait(timeout=10)
     obs, reward, terminated, truncated, info = env.step("look around")
     assert obs == CRASH_OBSERVATION and truncated and not terminated and info["jvm_restarted"]
+    assert dead.stdin.closed  # the dead JVM's pipe is released, not left to garbage collection
     restarts = env.jvm_restarts
     _, info = env.reset(seed=1, options={"game": "coin"})
     assert env.jvm_restarts == restarts and info["admissible_actions"]
+
+
+def test_close_ends_the_jvm_and_releases_its_pipe():
+    env = TextWorldExpressEnv()
+    env.reset(seed=0, options={"game": "coin"})
+    jvm = env._sim._gateway.java_process
+    env.close()
+    assert jvm.poll() is not None  # exited and reaped, not a zombie until Python exits
+    assert jvm.stdin.closed
 
 
 def test_passes_gymnasium_check_env():
