@@ -46,6 +46,7 @@ from typing import Any
 import gymnasium as gym
 
 from agentropy.envs.base import base_info, clean_text, require_packages, text_space
+from agentropy.envs.jvm import reap_jvm
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +132,12 @@ def _launch(java: str, java_options: tuple[str, ...]) -> _Simulator:
 def _shutdown(sim: _Simulator) -> None:
     """Stop a simulator, alive or dead (also the GC finalizer of its env).
 
-    The JVM holds no state worth saving, so it is killed rather than asked to shut down
-    (which fails on a dead JVM). The py4j client is then marked disconnected: otherwise the
+    The JVM holds no state worth saving, so it is killed and reaped (``reap_jvm``) rather than
+    asked to shut down (which fails on a dead JVM). The py4j client is then marked disconnected: otherwise the
     finalizers of py4j's Java-object proxies try to reconnect to the dead JVM during
     garbage collection and log connection errors with tracebacks.
     """
-    if sim.process.poll() is None:
-        sim.process.kill()
-    try:
-        sim.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        logger.warning("ScienceWorld JVM %d did not exit after kill", sim.process.pid)
+    reap_jvm(sim.process, kill=True)
     client = sim.gateway._gateway_client  # py4j offers no public handle on the client
     client.is_connected = False
     client.close()

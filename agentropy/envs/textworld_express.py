@@ -25,12 +25,12 @@ with ``truncated=True`` and ``info["jvm_restarted"] = True``; the next reset pla
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from typing import Any
 
 import gymnasium as gym
 
 from agentropy.envs.base import base_info, clean_text, require_packages, text_space
+from agentropy.envs.jvm import reap_jvm
 
 GAMES = ("cookingworld", "twc", "coin", "mapreader", "arithmetic", "sorting", "simonsays", "peckingorder")
 SPLITS = ("train", "dev", "test")
@@ -104,14 +104,12 @@ class TextWorldExpressEnv(gym.Env[str, str]):
         """
         old, self._sim = self._sim, None
         gateway = old._gateway
-        if gateway.java_process.poll() is None:
-            gateway.java_process.kill()
+        reap_jvm(gateway.java_process, kill=True)
         with contextlib.suppress(Exception):
             gateway._gateway_client.close()
             gateway.shutdown_callback_server()
         gateway._gateway_client.is_connected = False  # no more calls (object finalizers) to it
         old.close = lambda: None  # its __del__ would try the JVM again
-        _reap(gateway.java_process)
         self.jvm_restarts += 1
         self._start()
 
@@ -209,7 +207,7 @@ class TextWorldExpressEnv(gym.Env[str, str]):
                 self._sim.close()
             except Exception:  # the JVM may already be gone at interpreter exit
                 pass
-            _reap(self._sim._gateway.java_process)
+            reap_jvm(self._sim._gateway.java_process)
             self._sim = None
         super().close()
 
@@ -228,19 +226,3 @@ class TextWorldExpressEnv(gym.Env[str, str]):
             game_seed=self._game_seed,
             jvm_restarted=False,
         )
-
-
-def _reap(process: subprocess.Popen) -> None:
-    """Close the JVM's stdin pipe and wait for the process to end.
-
-    py4j starts the JVM with a stdin pipe (the JVM exits when the pipe closes) and the package's
-    ``close`` only writes a newline to it, so without this the pipe stays open until garbage
-    collection (a ResourceWarning) and the exited JVM stays a zombie until Python exits."""
-    with contextlib.suppress(OSError):
-        if process.stdin is not None:
-            process.stdin.close()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()

@@ -112,11 +112,13 @@ class TestSimulator:
         env.reset(options={"task_id": 0})
         env.step("look around")
         pid = env.simulator_pid
+        dead = env._sim.process
         [java] = [p for p in java_children() if p.pid == pid]
         java.kill()
         java.wait(timeout=10)
         obs, reward, terminated, truncated, info = env.step("open door to kitchen")
         assert obs == CRASH_OBSERVATION and reward == 0.0
+        assert dead.stdin.closed and dead.returncode is not None  # pipe released, process reaped
         assert truncated and not terminated and info["truncation_reason"] == "simulator_crashed"
         assert env.simulator_pid != pid and psutil.pid_exists(env.simulator_pid)
         assert env.step("look around")[4]["truncation_reason"] == "simulator_crashed"  # until reset
