@@ -133,9 +133,9 @@ def _shutdown(sim: _Simulator) -> None:
     """Stop a simulator, alive or dead (also the GC finalizer of its env).
 
     The JVM holds no state worth saving, so it is killed and reaped (``reap_jvm``) rather than
-    asked to shut down (which fails on a dead JVM). The py4j client is then marked disconnected: otherwise the
-    finalizers of py4j's Java-object proxies try to reconnect to the dead JVM during
-    garbage collection and log connection errors with tracebacks.
+    asked to shut down (which fails on a dead JVM). The py4j client is then marked
+    disconnected: otherwise the finalizers of py4j's Java-object proxies try to reconnect to
+    the dead JVM during garbage collection and log connection errors with tracebacks.
     """
     reap_jvm(sim.process, kill=True)
     client = sim.gateway._gateway_client  # py4j offers no public handle on the client
